@@ -1,0 +1,102 @@
+"""Converters from TensorFlow, Keras and PyTorch to ONNX with fused, annotated recurrent ops.
+
+One explicit table maps a framework name to the module that converts it; a framework module is
+imported only when a conversion asks for it, so importing ``converters`` (as the server does, for
+``converters.gates``) never imports torch or tensorflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from converters.parity import DEFAULT_ATOL
+from converters.result import ConversionResult
+from converters.specs import InputSpec
+
+# Opset 17 is run by onnxruntime 1.32 and onnxruntime-web 1.30 alike, and carries LSTM/GRU/RNN
+# (opset 14 versions, with layout) unchanged.
+DEFAULT_OPSET = 17
+
+FRAMEWORKS: dict[str, str] = {
+    "pytorch": "converters.pytorch",
+    "keras": "converters.keras",
+    "tensorflow": "converters.tensorflow",
+}
+
+ProgressCallback = Callable[[str], None]
+
+
+class UnsupportedSourceError(ValueError):
+    """A source the converters do not know how to read (names what it is)."""
+
+
+def framework_module(framework: str) -> ModuleType:
+    if framework not in FRAMEWORKS:
+        raise UnsupportedSourceError(
+            f"unknown framework {framework!r}; choose one of {', '.join(sorted(FRAMEWORKS))}"
+        )
+    return importlib.import_module(FRAMEWORKS[framework])
+
+
+def detect_framework(source: Any) -> str:
+    """Name the framework of a file, directory or in-memory model, by extension and content."""
+    if not isinstance(source, (str, Path)):
+        module = type(source).__module__.split(".")[0]
+        kinds = [klass.__module__.split(".")[0] for klass in type(source).__mro__]
+        if "torch" in kinds:
+            return "pytorch"
+        if "keras" in kinds or "tf_keras" in kinds:
+            return "keras"
+        if module in ("tensorflow", "tf_keras") or hasattr(source, "get_concrete_function"):
+            return "tensorflow"
+        raise UnsupportedSourceError(f"cannot tell which framework a {type(source).__qualname__} belongs to")
+    path = Path(source)
+    if not path.exists():
+        raise UnsupportedSourceError(f"source {str(path)!r} does not exist")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
+            return "tensorflow"
+        raise UnsupportedSourceError(f"directory {str(path)!r} is not a TensorFlow SavedModel (no saved_model.pb)")
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth", ".pt2", ".ts"):
+        return "pytorch"
+    if suffix in (".keras", ".h5", ".hdf5"):
+        return "keras"
+    if suffix in (".pb", ".meta", ".index") or path.name == "checkpoint":
+        return "tensorflow"
+    raise UnsupportedSourceError(
+        f"cannot tell the framework of {path.name!r} from its extension; supported: .pt/.pth/.pt2 (PyTorch), "
+        ".keras/.h5 (Keras), SavedModel directory/.pb/.meta (TensorFlow) — or pass --framework"
+    )
+
+
+def convert(
+    source: Any,
+    *,
+    framework: str | None = None,
+    inputs: list[InputSpec] | None = None,
+    opset: int = DEFAULT_OPSET,
+    atol: float = DEFAULT_ATOL,
+    progress: ProgressCallback | None = None,
+) -> ConversionResult:
+    """Convert ``source`` (a path or an in-memory model) to ONNX, proven by a parity check."""
+    name = framework or detect_framework(source)
+    module = framework_module(name)
+    result: ConversionResult = module.convert(source, inputs=inputs, opset=opset, atol=atol, progress=progress)
+    return result
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "FRAMEWORKS",
+    "ConversionResult",
+    "InputSpec",
+    "UnsupportedSourceError",
+    "convert",
+    "detect_framework",
+    "framework_module",
+]
