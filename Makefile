@@ -1,0 +1,41 @@
+# Two commands set up a fresh machine (as root): `make serve` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test venv js browser zoo lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[convert,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/modelbridge serve
+
+# System packages the tests drive: Debian's Chromium (no browser downloads), libb64 for perf_analyzer,
+# docker-compose to validate the compose file.
+browser:
+	@command -v chromium >/dev/null && dpkg -s libb64-0d docker-compose >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libb64-0d docker-compose >/dev/null)
+
+js:
+	@if [ -f clients/js/package.json ]; then cd clients/js && npm install --no-audit --no-fund --loglevel=error; fi
+
+test: $(STAMP) browser js
+	$(VENV)/bin/pytest -q tests
+	@if [ -f clients/js/package.json ]; then cd clients/js && npm test; fi
+
+zoo: $(STAMP)
+	$(PY) examples/build_zoo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server converters tests
+
+clean:
+	rm -rf $(VENV) clients/js/node_modules

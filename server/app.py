@@ -1,0 +1,104 @@
+"""Composition root: settings -> repository -> service -> REST + gRPC + metrics, on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from server import metrics
+from server.core.repository import ModelRepository
+from server.core.service import InferenceService, example_repository
+from server.rest.app import create_app
+from server.settings import Settings
+
+log = logging.getLogger("modelbridge")
+
+
+def build_service(settings: Settings) -> InferenceService:
+    root = Path(settings.model_repository) if settings.model_repository else example_repository()
+    service = InferenceService(ModelRepository(root))
+    return service
+
+
+def metrics_app(service: InferenceService) -> Starlette:
+    async def endpoint(_: Request) -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(service), media_type="text/plain; version=0.0.4")
+
+    return Starlette(routes=[Route("/metrics", endpoint)])
+
+
+class _Server(uvicorn.Server):
+    # Signals are handled once for all servers by `serve` below.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def _uvicorn(app: Any, host: str, port: int, settings: Settings) -> _Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+        loop="none", http="httptools", timeout_graceful_shutdown=int(settings.shutdown_grace_secs),
+    )
+    return _Server(config)
+
+
+async def serve(settings: Settings) -> None:
+    service = build_service(settings)
+    await asyncio.to_thread(service.start)
+    log.info("models: %s", [e["name"] + "/" + e["version"] for e in service.repository_index(ready_only=True)])
+    servers = [_uvicorn(create_app(service, max_body_bytes=settings.max_body_bytes), settings.host,
+                        settings.http_port, settings)]
+    if settings.metrics_port:
+        servers.append(_uvicorn(metrics_app(service), settings.host, settings.metrics_port, settings))
+    grpc_server = None
+    if settings.grpc_port:
+        try:
+            from server.grpc.server import start_grpc_server
+        except ImportError as exc:  # the gRPC layer is optional until its stubs exist
+            log.warning("gRPC disabled: %s", exc)
+        else:
+            grpc_server = await start_grpc_server(
+                service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit
+            )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    log.info("serving REST on %s:%s, gRPC on %s, metrics on %s", settings.host, settings.http_port,
+             settings.grpc_port or "off", settings.metrics_port or "off")
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not waiter and task.exception():
+            log.error("a server failed: %s", task.exception())
+    service.stop()
+    for s in servers:
+        s.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(settings.shutdown_grace_secs)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    if failed:
+        raise SystemExit(1)
+
+
+def run(settings: Settings) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(settings))

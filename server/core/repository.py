@@ -1,0 +1,132 @@
+"""The on-disk model repository in Triton's layout: <root>/<model>/[config.pbtxt]/<version>/model.onnx.
+
+Writes are atomic: a new version is assembled in a hidden staging folder inside the repository
+(same filesystem) and published with one rename, so a reader never sees a half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from server.core.errors import AlreadyExists, InvalidArgument, NotFound
+from server.core.model_config import CONFIG_FILES, read_config_file
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_STAGING = ".staging"
+MAX_VERSION = 2**63 - 1
+
+
+def check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidArgument(
+            f"invalid model name {name[:140]!r}: use 1-128 letters, digits, '_', '-', '.', no '..', no path separators"
+        )
+    return name
+
+
+def check_version(version: str | int) -> int:
+    text = str(version)
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) < 1 or int(text) > MAX_VERSION:
+        raise InvalidArgument(f"invalid model version {text[:40]!r}: versions are positive integers")
+    return int(text)
+
+
+def check_relative_file(path: str) -> str:
+    """A file name inside a version folder, as Triton's `file:<version>/<name>` load parameter gives it."""
+    parts = path.split("/")
+    if not path or "\x00" in path or "\\" in path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidArgument(f"invalid file path {path[:140]!r} in upload")
+    return path
+
+
+class ModelRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise NotFound(f"model repository {self.root} does not exist")
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / check_model_name(name)
+
+    def model_names(self) -> list[str]:
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and _NAME.fullmatch(p.name)
+        )
+
+    def versions(self, name: str) -> list[int]:
+        d = self.model_dir(name)
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+    def read_config(self, name: str) -> dict[str, Any] | None:
+        return read_config_file(self.model_dir(name))
+
+    def model_file(self, name: str, version: int, filename: str = "model.onnx") -> Path:
+        return self.model_dir(name) / str(version) / filename
+
+    def exists(self, name: str) -> bool:
+        return self.model_dir(name).is_dir()
+
+    def publish_version(
+        self, name: str, version: int, files: dict[str, bytes], *, replace: bool = True
+    ) -> Path:
+        """Write files into <name>/<version>/ atomically. The staging copy is checked by the caller."""
+        mdir = self.model_dir(name)
+        target = mdir / str(check_version(version))
+        if target.exists() and not replace:
+            raise AlreadyExists(f"model '{name}' version {version} already exists")
+        staging_root = self.root / _STAGING
+        staging_root.mkdir(exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_root))
+        try:
+            for rel, data in files.items():
+                dest = stage / check_relative_file(rel)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            mdir.mkdir(exist_ok=True)
+            if target.exists():
+                # Swap: move the old version aside, then the new one in; both renames are atomic.
+                old = staging_root / f"old-{stage.name}"
+                os.rename(target, old)
+                os.rename(stage, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(stage, target)
+            _fsync_dir(mdir)
+            return target
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def write_config(self, name: str, text: str, *, json_form: bool) -> None:
+        mdir = self.model_dir(name)
+        mdir.mkdir(exist_ok=True)
+        fname = "config.json" if json_form else "config.pbtxt"
+        tmp = mdir / f".{fname}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        for other in CONFIG_FILES:
+            if other != fname and (mdir / other).exists():
+                (mdir / other).unlink()
+        os.replace(tmp, mdir / fname)
+
+    def clean_staging(self) -> None:
+        """Leftovers of an interrupted upload are never visible; remove them at startup."""
+        shutil.rmtree(self.root / _STAGING, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

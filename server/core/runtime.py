@@ -1,0 +1,73 @@
+"""One onnxruntime session per loaded model version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from server.core import datatypes
+from server.core.errors import InvalidArgument, InternalError
+from server.core.model_config import GraphIO
+
+
+def _graph_io(args: list[Any]) -> list[GraphIO]:
+    out = []
+    for a in args:
+        dt = datatypes.BY_ORT.get(a.type)
+        if dt is None:
+            raise InvalidArgument(f"tensor '{a.name}' has type {a.type}, which the V2 protocol cannot carry")
+        shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (a.shape or [])]
+        out.append(GraphIO(a.name, dt.v2, shape))
+    return out
+
+
+def session_options(params: dict[str, Any]) -> ort.SessionOptions:
+    """Options from the config's `parameters` (Triton's onnxruntime backend uses the same keys)."""
+    opts = ort.SessionOptions()
+    # One thread per session by default: the server runs many small requests concurrently and
+    # intra-op threads would fight over the same cores.
+    opts.intra_op_num_threads = _int_param(params, "intra_op_thread_count", 1)
+    opts.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
+    opts.log_severity_level = 3
+    return opts
+
+
+def _int_param(params: dict[str, Any], key: str, default: int) -> int:
+    v = params.get(key)
+    if v is None:
+        return default
+    if isinstance(v, dict):
+        v = v.get("string_value", default)
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"parameter {key} must be an integer, got {v!r}") from None
+
+
+class ModelRuntime:
+    def __init__(self, path: Path | bytes, params: dict[str, Any] | None = None) -> None:
+        source = str(path) if isinstance(path, Path) else path
+        try:
+            self.session = ort.InferenceSession(
+                source, session_options(params or {}), providers=["CPUExecutionProvider"]
+            )
+        except InvalidArgument:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors for any bad model
+            raise InvalidArgument(f"onnxruntime cannot load the model: {str(exc)[:500]}") from None
+        self.inputs = _graph_io(self.session.get_inputs())
+        self.outputs = _graph_io(self.session.get_outputs())
+        self.output_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> list[np.ndarray]:
+        try:
+            return self.session.run(output_names or self.output_names, feeds)
+        except Exception as exc:
+            msg = str(exc)
+            # Shape/type problems that slipped past validation are the caller's fault.
+            if "INVALID_ARGUMENT" in msg or "Invalid" in msg:
+                raise InvalidArgument(f"onnxruntime rejected the inputs: {msg[:500]}") from None
+            raise InternalError(f"onnxruntime failed: {msg[:500]}") from None

@@ -1,0 +1,296 @@
+"""InferenceService: the one API that REST and gRPC both call. It knows nothing of either."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from server import __version__
+from server.core import model_config
+from server.core.errors import (
+    InvalidArgument,
+    ModelBridgeError,
+    NotFound,
+    Unavailable,
+)
+from server.core.models import LOADING, READY, UNAVAILABLE, ModelEntry, ModelVersion
+from server.core.repository import ModelRepository, check_model_name, check_relative_file, check_version
+from server.core.runtime import ModelRuntime
+from server.core.types import InferRequest, InferResponse, OutputTensor
+
+log = logging.getLogger("modelbridge.service")
+
+# Only what is implemented: clients such as perf_analyzer decide what to call from this list.
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+
+
+class InferenceService:
+    def __init__(self, repository: ModelRepository, *, server_name: str = "modelbridge") -> None:
+        self.repository = repository
+        self.server_name = server_name
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.RLock()   # serialises load/unload/upload; inference never takes it
+        self.ready = False
+        self.live = True
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self, *, load: list[str] | None = None) -> None:
+        """Load every model in the repository (or just `load`); a failing model does not stop the rest."""
+        self.repository.clean_staging()
+        for name in load if load is not None else self.repository.model_names():
+            try:
+                self.load(name)
+            except ModelBridgeError as exc:
+                log.warning("model %s failed to load: %s", name, exc.message)
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+
+    # -- metadata ------------------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_version(self, name: str, version: str = "") -> ModelVersion:
+        entry = self._models.get(name)
+        if entry is None:
+            if isinstance(name, str) and self._known_on_disk(name):
+                raise Unavailable(f"model '{name}' is not loaded")
+            raise NotFound(f"unknown model '{name}'")
+        if not entry.versions:
+            raise Unavailable(f"model '{name}' is not ready: {entry.reason or entry.state.lower()}")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        if not version.isdigit():
+            raise InvalidArgument(f"model version must be a positive integer, got {version[:40]!r}")
+        mv = entry.versions.get(int(version))
+        if mv is None:
+            raise NotFound(
+                f"model '{name}' version {version} is not available; ready versions: {sorted(entry.versions)}"
+            )
+        return mv
+
+    def _known_on_disk(self, name: str) -> bool:
+        try:
+            return self.repository.exists(name)
+        except ModelBridgeError:
+            return False
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.model_version(name, version)
+            return True
+        except ModelBridgeError:
+            return False
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        mv = self.model_version(name, version)
+        if version:
+            return mv.metadata
+        entry = self._models[name]
+        return {**mv.metadata, "versions": [str(v) for v in sorted(entry.versions)]}
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        return self.model_version(name, version).config
+
+    def model_file(self, name: str, version: str = "") -> tuple[bytes, str]:
+        mv = self.model_version(name, version)
+        return mv.raw, mv.etag
+
+    def gates(self, name: str, version: str = "") -> dict[str, Any]:
+        return self.model_version(name, version).gates()
+
+    # -- inference -----------------------------------------------------------------------------
+    async def infer(self, req: InferRequest) -> InferResponse:
+        start = time.perf_counter_ns()
+        mv = self.model_version(req.model_name, req.model_version)
+        try:
+            feeds, names, batch = mv.prepare(req)
+            t1 = time.perf_counter_ns()
+            arrays = mv.runtime.run(feeds, names)
+            t2 = time.perf_counter_ns()
+            outputs = [
+                OutputTensor(n, mv.output_datatype(n, a), tuple(a.shape), a)
+                for n, a in zip(names, arrays)
+            ]
+            t3 = time.perf_counter_ns()
+        except ModelBridgeError:
+            mv.stats.record_failure(request_ns=time.perf_counter_ns() - start)
+            raise
+        mv.stats.record_execution(batch=batch, input_ns=t1 - start, infer_ns=t2 - t1, output_ns=t3 - t2)
+        mv.stats.record_success(request_ns=t3 - start, queue_ns=0, batch=batch)
+        return InferResponse(mv.name, str(mv.version), req.id, outputs)
+
+    # -- statistics ----------------------------------------------------------------------------
+    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        if name:
+            if version:
+                mv = self.model_version(name, version)
+                return {"model_stats": [mv.stats.as_dict(mv.name, mv.version)]}
+            entry = self._models.get(name)
+            if entry is None:
+                raise NotFound(f"unknown model '{name}'")
+            versions = [entry.versions[v] for v in sorted(entry.versions)]
+        else:
+            versions = [e.versions[v] for e in self._models.values() for v in sorted(e.versions)]
+        return {"model_stats": [mv.stats.as_dict(mv.name, mv.version) for mv in versions]}
+
+    def loaded_versions(self) -> list[ModelVersion]:
+        return [e.versions[v] for e in list(self._models.values()) for v in sorted(e.versions)]
+
+    # -- repository ----------------------------------------------------------------------------
+    def repository_index(self, *, ready_only: bool = False) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        names = sorted(set(self.repository.model_names()) | set(self._models))
+        for name in names:
+            entry = self._models.get(name)
+            if entry and entry.versions:
+                for v in sorted(entry.versions):
+                    out.append({"name": name, "version": str(v), "state": READY, "reason": ""})
+            elif not ready_only:
+                out.append({
+                    "name": name, "version": "", "state": entry.state if entry else UNAVAILABLE,
+                    "reason": entry.reason if entry else "not loaded",
+                })
+        return out
+
+    def load(
+        self, name: str, *, config_text: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """(Re)load a model. `files` maps "<version>/<file>" to bytes (Triton's file: load parameters);
+        `config_text` is a JSON model config that replaces the stored one."""
+        check_model_name(name)
+        with self._lock:
+            if config_text is not None:
+                parsed = model_config.parse_config_text(config_text, json_form=True)
+                if parsed.get("name") not in (None, "", name):
+                    raise InvalidArgument(f"config name '{parsed['name']}' does not match model '{name}'")
+            by_version: dict[int, dict[str, bytes]] = {}
+            for rel, data in (files or {}).items():
+                check_relative_file(rel)
+                head, _, tail = rel.partition("/")
+                if not tail:
+                    raise InvalidArgument(f"file parameter 'file:{rel}' must be 'file:<version>/<name>'")
+                by_version.setdefault(check_version(head), {})[tail] = data
+            for version, vfiles in sorted(by_version.items()):
+                if "model.onnx" not in vfiles:
+                    raise InvalidArgument(f"files for version {version} must include model.onnx")
+                validate_onnx_bytes(vfiles["model.onnx"])
+            for version, vfiles in sorted(by_version.items()):
+                self.repository.publish_version(name, version, vfiles)
+            if config_text is not None:
+                self.repository.write_config(name, config_text, json_form=True)
+            if not self.repository.exists(name):
+                raise NotFound(f"model '{name}' is not in the repository")
+            self._load_locked(name)
+
+    def _load_locked(self, name: str) -> None:
+        entry = self._models.get(name) or ModelEntry(name)
+        entry.state = LOADING
+        self._models[name] = entry
+        try:
+            given = self.repository.read_config(name)
+            available = self.repository.versions(name)
+            if not available:
+                raise Unavailable(f"model '{name}' has no version folders with a model file")
+            wanted = model_config.select_versions((given or {}).get("version_policy", {"latest": {"num_versions": 1}}), available)
+            if not wanted:
+                raise Unavailable(f"the version policy of '{name}' selects none of the versions {available}")
+            loaded: dict[int, ModelVersion] = {}
+            for v in wanted:
+                loaded[v] = self._load_version(name, v, given)
+        except ModelBridgeError as exc:
+            entry.state, entry.reason = UNAVAILABLE, exc.message
+            entry.versions = {}
+            raise
+        # Swap in one assignment: in-flight requests keep the ModelVersion they resolved.
+        entry.versions = loaded
+        entry.config = loaded[max(loaded)].config
+        entry.state, entry.reason = READY, ""
+
+    def _load_version(self, name: str, version: int, given: dict[str, Any] | None) -> ModelVersion:
+        filename = (given or {}).get("default_model_filename", "model.onnx")
+        path = self.repository.model_file(name, version, filename)
+        if not path.is_file():
+            raise Unavailable(f"model '{name}' version {version} has no {filename}")
+        try:
+            runtime = ModelRuntime(path, _params(given))
+            cfg = model_config.complete(name, given, runtime.inputs, runtime.outputs)
+        except ModelBridgeError as exc:
+            raise Unavailable(f"model '{name}' version {version} failed to load: {exc.message}") from None
+        return ModelVersion(name, version, path, cfg, runtime)
+
+    def unload(self, name: str) -> None:
+        check_model_name(name)
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                if self._known_on_disk(name):
+                    return
+                raise NotFound(f"unknown model '{name}'")
+            entry.versions = {}
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    def upload_version(self, name: str, version: str | int, data: bytes) -> dict[str, Any]:
+        """Store ONNX bytes as <name>/<version>/model.onnx after checking them, then (re)load the model."""
+        check_model_name(name)
+        v = check_version(version)
+        validate_onnx_bytes(data)
+        with self._lock:
+            self.repository.publish_version(name, v, {"model.onnx": data})
+            self._load_locked(name)
+            entry = self._models[name]
+            return {"name": name, "version": str(v), "served": v in entry.versions,
+                    "ready_versions": [str(x) for x in sorted(entry.versions)]}
+
+
+def _params(given: dict[str, Any] | None) -> dict[str, Any]:
+    params = dict((given or {}).get("parameters") or {})
+    return params
+
+
+def validate_onnx_bytes(data: bytes) -> onnx.ModelProto:
+    """An uploaded model must parse, pass the ONNX checker, keep its data inside the file and load in
+    onnxruntime before it is written anywhere a reader could see it."""
+    if not data:
+        raise InvalidArgument("the uploaded model is empty")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise InvalidArgument(f"the upload is not an ONNX model: {str(exc)[:200]}") from None
+    for tensor in _all_initializers(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise InvalidArgument(
+                f"initializer '{tensor.name}' uses external data; uploads must be self-contained"
+            )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise InvalidArgument(f"the ONNX checker refused the model: {str(exc)[:300]}") from None
+    ModelRuntime(data)
+    return model
+
+
+def _all_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    out = list(model.graph.initializer)
+    stack = list(model.graph.node)
+    while stack:
+        node = stack.pop()
+        for attr in node.attribute:
+            if attr.t is not None and attr.HasField("t"):
+                out.append(attr.t)
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out.extend(g.initializer)
+                stack.extend(g.node)
+    return out
+
+
+def example_repository() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples" / "repository"
+
