@@ -29,7 +29,7 @@ js:
 
 test: $(STAMP) browser js
 	$(VENV)/bin/pytest -q tests
-	@if [ -f clients/js/package.json ]; then cd clients/js && npm test; fi
+	@if [ -f clients/js/package.json ]; then cd clients/js && npm run --if-present test; fi
 
 zoo: $(STAMP)
 	$(PY) examples/build_zoo.py

@@ -162,9 +162,9 @@ def _model_routes(app: FastAPI, prefix: str, service: InferenceService, max_body
     async def infer(model: str, request: Request) -> Response:
         body = await read_body(request, max_body_bytes)
         version = version_of(request)
-        header = request.headers.get(codec.HEADER)
-        raw_model = service.model_version(model, version) if header is not None and header.strip() == "0" else None
-        req, pref, binary_all = codec.decode_request(body, header, model, version, raw_model)
+        # Resolve first: an unknown model is a 404 whatever the body says.
+        mv = service.model_version(model, version)
+        req, pref, binary_all = codec.decode_request(body, request.headers.get(codec.HEADER), model, version, mv)
         resp = await service.infer(req)
         payload, json_len = codec.encode_response(resp, pref, binary_all)
         if json_len is None:
