@@ -124,8 +124,11 @@ export function runRecurrentNode(node, x, { seqLength, batchSize = 1, initialH =
   const Yc = op === 'LSTM' ? new Float32Array(D * batchSize * H) : undefined;
   node.directions.forEach((dir, d) => {
     const reverse = dir.direction === 'reverse';
+    let gates = dir.gates;
+    // RNN has one gate; converters.gates names it 'i', older documents 'h'.
+    if (op === 'RNN' && !gates.h && Object.keys(gates).length === 1) gates = { h: Object.values(gates)[0] };
     for (const key of GATE_KEYS[op]) {
-      if (!dir.gates[key]) throw new RangeError(`${op} '${node.node}' ${dir.direction}: gate '${key}' missing`);
+      if (!gates[key]) throw new RangeError(`${op} '${node.node}' ${dir.direction}: gate '${key}' missing`);
     }
     for (let b = 0; b < batchSize; b++) {
       const o = (d * batchSize + b) * H;
@@ -134,9 +137,9 @@ export function runRecurrentNode(node, x, { seqLength, batchSize = 1, initialH =
       for (let s = 0; s < seqLength; s++) {
         const t = reverse ? seqLength - 1 - s : s;
         const xo = (t * batchSize + b) * I;
-        if (op === 'LSTM') [h, c] = stepLSTM(dir.gates, dir.peepholes, acts[d], clip, node.input_forget, x, xo, h, c, H);
-        else if (op === 'GRU') h = stepGRU(dir.gates, acts[d], clip, node.linear_before_reset, x, xo, h, H);
-        else h = stepRNN(dir.gates, acts[d], clip, x, xo, h, H);
+        if (op === 'LSTM') [h, c] = stepLSTM(gates, dir.peepholes, acts[d], clip, node.input_forget, x, xo, h, c, H);
+        else if (op === 'GRU') h = stepGRU(gates, acts[d], clip, node.linear_before_reset, x, xo, h, H);
+        else h = stepRNN(gates, acts[d], clip, x, xo, h, H);
         Y.set(h, ((t * D + d) * batchSize + b) * H);
       }
       Yh.set(h, o);

@@ -1,0 +1,10 @@
+export { InferenceClient } from './client.js';
+export { ModelBridgeError, ServerError, ConnectionError } from './errors.js';
+export { LocalRunner, LocalModel } from './runner.js';
+export { ModelCache, fetchModelBytes } from './model-cache.js';
+export { openModel } from './model.js';
+export { runGates, runRecurrentNode } from './gates.js';
+export { bytesToStrings } from './tensors.js';
+export { encodeInferRequest, decodeInferResponse } from './wire.js';
+export { floatToHalfBits, halfBitsToFloat, floatToBf16Bits, bf16BitsToFloat } from './float16.js';
+export { DATATYPES } from './datatypes.js';
