@@ -40,8 +40,8 @@ POOL = descriptor_pool.DescriptorPool()
 
 def _postprocess(text: str) -> str:
     modules = "|".join(re.escape(Path(p).stem + "_pb2") for p in PROTOS)
-    text = re.sub(rf"^import ({modules}) as ", rf"from {PACKAGE} import \1 as ", text, flags=re.M)
-    text = re.sub(rf"^import ({modules})$", rf"from {PACKAGE} import \1", text, flags=re.M)
+    text = re.sub(rf"^import ({modules}) as ", rf"from {PACKAGE} import \1 as ", text, flags=re.MULTILINE)
+    text = re.sub(rf"^import ({modules})$", rf"from {PACKAGE} import \1", text, flags=re.MULTILINE)
     if "_descriptor_pool.Default()" in text:
         text = text.replace("_descriptor_pool.Default()", "_POOL")
         text = text.replace(
@@ -71,6 +71,8 @@ def generate(out_dir: Path) -> list[Path]:
         for src in sorted(Path(tmp).iterdir()):
             if src.suffix not in (".py", ".pyi"):
                 continue
+            if src.name.endswith("_pb2_grpc.py") and "Stub" not in src.read_text():
+                continue  # a proto without a service (model_config) gets an empty grpc module
             dst = out_dir / src.name
             dst.write_text(_postprocess(src.read_text()))
             written.append(dst)

@@ -1,0 +1,69 @@
+"""Build and start the grpc.aio server: the inference service, grpc.health.v1 and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.core.errors import Unavailable
+from server.core.service import InferenceService
+from server.grpc._generated import POOL
+from server.grpc._generated import grpc_service_pb2 as pb
+from server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from server.grpc.servicer import InferenceServicer
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class ReadinessHealth(health.aio.HealthServicer):
+    """grpc.health.v1: SERVING while the core is ready, NOT_SERVING otherwise (e.g. shutting down).
+
+    The status is read from the core on every Check, so it cannot go stale."""
+
+    def __init__(self, service: InferenceService) -> None:
+        super().__init__()
+        self.service = service
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if self.service.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", INFERENCE_SERVICE):
+            await self.set(name, status)
+        return await super().Check(request, context)
+
+
+def _register_health_descriptor() -> None:
+    # Reflection answers from our private descriptor pool; give it the health file as well.
+    try:
+        POOL.FindFileByName(health_pb2.DESCRIPTOR.name)
+    except KeyError:
+        POOL.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
+
+
+async def start_grpc_server(
+    service: InferenceService, *, host: str, port: int, max_message_bytes: int
+) -> grpc.aio.Server:
+    """Bind host:port and start serving; the caller stops it with `await server.stop(grace)`."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)
+    _register_health_descriptor()
+    reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=POOL)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise Unavailable(f"gRPC cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise Unavailable(f"gRPC cannot listen on {address}")
+    await server.start()
+    return server
