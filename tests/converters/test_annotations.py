@@ -37,7 +37,7 @@ def _annotated_lstm(**options: object) -> tuple[onnx.ModelProto, dict]:
 
 
 def test_entry_describes_node_and_rows() -> None:
-    model, entry = _annotated_lstm()
+    _, entry = _annotated_lstm()
     assert entry["op"] == "LSTM" and entry["directions"] == ["forward", "reverse"]
     assert (entry["hidden_size"], entry["input_size"], entry["layout"]) == (4, 3, 0)
     assert entry["onnx_gate_order"] == ["i", "o", "f", "c"]
