@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from server.core import datatypes
+from server.core.batcher import DynamicBatcher
 from server.core.errors import InvalidArgument
 from server.core.model_config import TensorSpec, tensor_specs
 from server.core.runtime import ModelRuntime
@@ -36,6 +37,14 @@ class ModelVersion:
         self.outputs: dict[str, TensorSpec] = {s.name: s for s in tensor_specs(config, "output")}
         self.required_inputs = [n for n, s in self.inputs.items() if not s.optional]
         self.stats = ModelStats()
+        self.batcher: DynamicBatcher | None = None
+        db = config.get("dynamic_batching")
+        if db is not None and self.max_batch_size > 0:
+            self.batcher = DynamicBatcher(
+                runtime, self.stats, max_batch_size=self.max_batch_size,
+                preferred_batch_sizes=[int(p) for p in db.get("preferred_batch_size", [])],
+                max_queue_delay_us=int(db.get("max_queue_delay_microseconds", 0)),
+            )
         self.raw = path.read_bytes()
         self.etag = '"' + hashlib.sha256(self.raw).hexdigest() + '"'
         self.loaded_at = time.time()
