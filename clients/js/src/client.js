@@ -21,7 +21,8 @@ export class InferenceClient {
     if (!baseUrl) throw new TypeError('baseUrl is required outside a browser page (e.g. "http://127.0.0.1:8000")');
     if (typeof fetchImpl !== 'function') throw new TypeError('no fetch implementation available: pass options.fetch');
     this.baseUrl = baseUrl.replace(/\/+$/, '');
-    this.fetch = fetchImpl;
+    // Called unbound: a browser's window.fetch throws "Illegal invocation" when `this` is not the window.
+    this.fetch = (url, init) => fetchImpl(url, init);
     this.headers = headers;
     this.timeoutMs = timeoutMs;
   }

@@ -1,0 +1,116 @@
+// Drives Debian's Chromium (headless, via playwright-core) against a running modelbridge server:
+// for every model in the job, the same inputs through the server (REST, from the page) and through
+// onnxruntime-web in the page; for recurrent nodes also the plain-JS gates implementation; then a
+// screenshot of /ui with a model loaded. Used by tests/e2e/test_browser_parity.py.
+//
+// Usage: node scripts/browser-parity.mjs JOB.json RESULT.json
+//   JOB: {url, models: [{name, inputs: [{name, datatype, shape, data}],
+//                        recurrent?: {onnx_b64, nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
+//         x / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
+//         screenshot?: {model, path}}
+//   64-bit integer data travels as strings.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+
+const [jobPath, resultPath] = process.argv.slice(2);
+const job = JSON.parse(readFileSync(jobPath, 'utf8'));
+
+// Runs inside the page.
+async function inPage(model) {
+  const mb = await import('/ui/vendor/modelbridge.js');
+  const revive = (t) => ({ ...t, data: t.datatype === 'INT64' || t.datatype === 'UINT64' ? t.data.map(BigInt) : t.data });
+  const plain = (t) => ({
+    name: t.name, datatype: t.datatype, shape: t.shape,
+    data: t.datatype === 'BYTES' ? mb.bytesToStrings(t.data) : Array.from(t.data, (v) => (typeof v === 'bigint' ? String(v) : Number(v))),
+  });
+  const maxDiff = (a, b) => {
+    if (a.length !== b.length) return Infinity;
+    let m = 0;
+    for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+    return m;
+  };
+  const client = new mb.InferenceClient();
+  const runner = mb.createLocalRunner(client);
+  const inputs = model.inputs.map(revive);
+  const local = await runner.load(model.name);
+  const server = await client.infer(model.name, inputs);
+  const browser = await local.infer(inputs);
+  const result = {
+    name: model.name, device: local.device, irDowngraded: runner.irDowngraded ?? null,
+    server: server.outputs.map(plain), browser: browser.outputs.map(plain), gates: [],
+  };
+  if (model.recurrent) {
+    // The same model with every recurrent node's X, states and outputs exposed as graph outputs.
+    const bytes = Uint8Array.from(atob(model.recurrent.onnx_b64), (c) => c.charCodeAt(0));
+    const [session] = await runner.createSession(bytes);
+    const probe = new mb.LocalModel(mb.ort, session, { name: `${model.name}+probes` });
+    const run = await probe.infer(inputs);
+    // A node's X or state is either computed in the graph (exposed as an output) or a known value.
+    const value = (ref) => {
+      if (ref === null) return undefined;
+      if (ref.output) return run.output(ref.output);
+      if (ref.input) return inputs.find((t) => t.name === ref.input);
+      return { data: ref.values, shape: ref.shape };
+    };
+    const doc = await client.gates(model.name);
+    for (const spec of model.recurrent.nodes) {
+      const x = value(spec.x);
+      const [seqLength, batchSize] = x.shape;
+      const initialH = value(spec.initial_h)?.data;
+      const initialC = value(spec.initial_c)?.data;
+      const mine = mb.runGates(doc, x.data, { node: spec.index, seqLength, batchSize, initialH, initialC });
+      const diffs = {};
+      for (const [key, name] of Object.entries(spec.outputs)) diffs[key] = maxDiff(mine[key], run.output(name).data);
+      result.gates.push({ node: doc.nodes[spec.index].node, op: doc.nodes[spec.index].op, diffs });
+    }
+    await session.release();
+  }
+  return result;
+}
+
+// Counts canvas pixels that differ from white/transparent: proof that something was drawn.
+function inkOf() {
+  return Array.from(document.querySelectorAll('canvas')).filter((c) => c.offsetParent !== null).map((c) => {
+    const { data } = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+    let ink = 0;
+    for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0 && (data[i] < 240 || data[i + 1] < 240 || data[i + 2] < 240)) ink++;
+    return { id: c.id || 'heatmap', width: c.width, height: c.height, ink };
+  });
+}
+
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+const out = { models: [], console: [], requests: [], screenshot: null };
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.on('console', (m) => out.console.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
+  page.on('request', (r) => out.requests.push(r.url()));
+  await page.goto(`${job.url}/ui/`);
+  await page.waitForFunction(() => ['ready', 'done', 'error'].includes(document.getElementById('status').dataset.state));
+  out.crossOriginIsolated = await page.evaluate(() => self.crossOriginIsolated);
+  for (const model of job.models) {
+    try {
+      out.models.push(await page.evaluate(inPage, model));
+    } catch (err) {
+      out.models.push({ name: model.name, error: String(err.message ?? err) });
+    }
+  }
+  if (job.screenshot) {
+    await page.goto(`${job.url}/ui/?model=${encodeURIComponent(job.screenshot.model)}`);
+    await page.waitForFunction(() => ['done', 'error'].includes(document.getElementById('status').dataset.state), null,
+      { timeout: 120000 });
+    const status = await page.evaluate(() => ({
+      state: document.getElementById('status').dataset.state,
+      text: document.getElementById('status').textContent,
+      ui: window.modelbridgeUI,
+    }));
+    await page.screenshot({ path: job.screenshot.path, fullPage: true });
+    out.screenshot = { ...status, canvases: await page.evaluate(inkOf), path: job.screenshot.path };
+  }
+} finally {
+  await browser.close();
+}
+writeFileSync(resultPath, JSON.stringify(out));

@@ -1,0 +1,157 @@
+// The /ui demo page: models of the repository, their metadata, one inference on the server and one
+// in this page (onnxruntime-web) side by side, the sine example, per-gate weight heatmaps.
+import { InferenceClient, createLocalRunner } from './vendor/modelbridge.js';
+import { drawLines, heatmap, maxAbs } from './plots.js';
+import { sampleInputs, sineWindow } from './samples.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const client = new InferenceClient();
+const runner = createLocalRunner(client, { device: params.get('device') ?? 'wasm' });
+const state = { models: [], comparison: null, sine: null };
+window.modelbridgeUI = state; // read by the browser tests
+
+function setStatus(text, kind) {
+  $('status').textContent = text;
+  $('status').dataset.state = kind;
+}
+
+function fill(table, header, rows) {
+  table.replaceChildren();
+  const tr = (cells, tag) => {
+    const row = document.createElement('tr');
+    for (const c of cells) {
+      const cell = document.createElement(tag);
+      cell.textContent = c;
+      row.append(cell);
+    }
+    return row;
+  };
+  table.append(tr(header, 'th'), ...rows.map((r) => tr(r, 'td')));
+}
+
+const preview = (data) => Array.from(data.slice(0, 4), (v) => (typeof v === 'number' ? +v.toPrecision(5) : String(v))).join(', ')
+  + (data.length > 4 ? ', …' : '');
+
+function maxDiff(a, b) {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(Number(a[i]) - Number(b[i]));
+    m = Number.isNaN(d) ? (Object.is(Number(a[i]), Number(b[i])) ? m : Infinity) : Math.max(m, d);
+  }
+  return a.length === b.length ? m : Infinity;
+}
+
+async function compare(name, metadata) {
+  const inputs = sampleInputs(metadata);
+  const local = await runner.load(name);
+  $('devices').textContent = `browser: onnxruntime-web (${local.device}), model from ${local.source}`;
+  const [server, browser] = await Promise.all([client.infer(name, inputs), local.infer(inputs)]);
+  const rows = server.outputs.map((out) => {
+    const mine = browser.output(out.name);
+    const comparable = out.datatype !== 'BYTES';
+    const diff = comparable ? maxDiff(out.data, mine.data) : (preview(out.data) === preview(mine.data) ? 0 : Infinity);
+    return { name: out.name, shape: out.shape, server: out.data, browser: mine.data, diff };
+  });
+  const worst = Math.max(0, ...rows.map((r) => r.diff));
+  fill($('compare'), ['output', 'shape', 'server', 'browser', 'max |diff|'],
+    rows.map((r) => [r.name, `[${r.shape}]`, preview(r.server), preview(r.browser), r.diff.toExponential(2)]));
+  $('max-diff').textContent = `max |server − browser| = ${worst.toExponential(2)}`;
+  $('max-diff').className = worst <= 1e-5 ? 'ok' : 'bad';
+  state.comparison = { model: name, device: local.device, maxDiff: worst, outputs: rows.map((r) => [r.name, r.diff]) };
+}
+
+async function sine(name, metadata) {
+  const input = metadata.inputs[0];
+  const { shape, history } = sineWindow(input);
+  const steps = 24;
+  const local = await runner.load(name);
+  const predict = async (infer) => {
+    const window = [...history];
+    const out = [];
+    for (let k = 0; k < steps; k++) {
+      const r = await infer([{ name: input.name, datatype: input.datatype, shape, data: window.slice(-shape[1]) }]);
+      const y = r.outputs[0].data;
+      out.push(Number(y[y.length - 1]));
+      window.push(out[out.length - 1]);
+    }
+    return out;
+  };
+  const server = await predict((x) => client.infer(name, x));
+  const browser = await predict((x) => local.infer(x));
+  const n = history.length;
+  drawLines($('sine-plot'), [
+    { color: '#889', points: history.map((y, k) => [k, y]) },
+    { color: '#2f6fde', width: 3, points: server.map((y, k) => [n + k, y]) },
+    { color: '#f29900', dash: [6, 4], points: browser.map((y, k) => [n + k, y]) },
+  ]);
+  const diff = maxDiff(server, browser);
+  $('sine-legend').textContent = `grey: history · blue: server · orange dashed: browser — max |diff| ${diff.toExponential(2)} over ${steps} steps`;
+  state.sine = { model: name, maxDiff: diff, steps };
+  $('sine').hidden = false;
+}
+
+async function gates(name) {
+  const doc = await client.gates(name);
+  $('gates-panel').hidden = !doc.nodes.length;
+  const box = $('gates');
+  box.replaceChildren();
+  for (const node of doc.nodes) {
+    const title = document.createElement('h4');
+    title.textContent = `${node.node}: ${node.op}, hidden ${node.hidden_size}, input ${node.input_size}`;
+    box.append(title);
+    const scale = maxAbs(node);
+    for (const dir of node.directions) {
+      for (const [gate, g] of Object.entries(dir.gates)) {
+        const fig = document.createElement('div');
+        fig.className = 'gate';
+        const caption = `${dir.direction} ${gate}${g.source_gate ? ` (${g.source_gate})` : ''}`;
+        fig.append(caption, heatmap(g.W, scale), 'W', heatmap(g.R, scale), 'R');
+        box.append(fig);
+      }
+    }
+  }
+  return doc.nodes.length;
+}
+
+async function select(name) {
+  for (const b of document.querySelectorAll('#models button')) b.classList.toggle('selected', b.textContent === name);
+  history.replaceState(null, '', `?model=${encodeURIComponent(name)}`);
+  setStatus(`running ${name}…`, 'running');
+  $('detail').hidden = false;
+  $('model-name').textContent = name;
+  $('sine').hidden = true;
+  try {
+    const metadata = await client.modelMetadata(name);
+    const io = (list) => list.map((t) => [t.name, t.datatype, `[${t.shape}]`]);
+    fill($('inputs'), ['name', 'datatype', 'shape'], io(metadata.inputs));
+    fill($('outputs'), ['name', 'datatype', 'shape'], io(metadata.outputs));
+    $('run').onclick = () => compare(name, metadata);
+    await compare(name, metadata);
+    const recurrent = await gates(name);
+    if (name === 'sine_lstm' && recurrent) await sine(name, metadata);
+    setStatus(`${name}: done`, 'done');
+  } catch (err) {
+    setStatus(`${name}: ${err.message}`, 'error');
+    throw err;
+  }
+}
+
+async function main() {
+  $('server').textContent = client.baseUrl;
+  const index = await client.repositoryIndex({ ready: true });
+  state.models = [...new Set(index.map((m) => m.name))];
+  $('models').replaceChildren(...state.models.map((name) => {
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.textContent = name;
+    b.onclick = () => select(name);
+    li.append(b);
+    return li;
+  }));
+  setStatus(`${state.models.length} models`, 'ready');
+  const wanted = params.get('model') ?? (state.models.includes('sine_lstm') ? 'sine_lstm' : null);
+  if (wanted && state.models.includes(wanted)) await select(wanted);
+}
+
+main().catch((err) => setStatus(err.message, 'error'));

@@ -1,0 +1,35 @@
+// Deterministic example inputs built from a model's metadata: every -1 dimension becomes 1 (first)
+// or 8 (others), values are smooth functions of the position, per datatype.
+const FIRST_FREE_DIM = 1;
+const OTHER_FREE_DIM = 8;
+
+export function concreteShape(shape) {
+  return shape.map((d, k) => (d >= 0 ? d : k === 0 ? FIRST_FREE_DIM : OTHER_FREE_DIM));
+}
+
+function values(datatype, count, seed) {
+  const at = (k) => Math.sin(0.37 * k + seed);
+  switch (datatype) {
+    case 'BOOL': return Array.from({ length: count }, (_, k) => at(k) > 0);
+    case 'BYTES': return Array.from({ length: count }, (_, k) => `item-${seed}-${k}`);
+    case 'INT64': case 'UINT64': return Array.from({ length: count }, (_, k) => BigInt(Math.round(50 * Math.abs(at(k)))));
+    case 'FP16': case 'BF16': case 'FP32': case 'FP64': return Array.from({ length: count }, (_, k) => at(k));
+    default: return Array.from({ length: count }, (_, k) => Math.round(50 * Math.abs(at(k))));
+  }
+}
+
+export function sampleInputs(metadata) {
+  return metadata.inputs.map((input, i) => {
+    const shape = concreteShape(input.shape);
+    const count = shape.reduce((a, b) => a * b, 1);
+    return { name: input.name, datatype: input.datatype, shape, data: values(input.datatype, count, i + 1) };
+  });
+}
+
+/** A sine window shaped for a model taking [batch, steps(, 1)] floats. */
+export function sineWindow(input, { start = 0, step = 0.25, length = 32 } = {}) {
+  const steps = input.shape[1] > 0 ? input.shape[1] : length;
+  const shape = [1, steps, ...input.shape.slice(2).map((d) => (d > 0 ? d : 1))];
+  const history = Array.from({ length: steps }, (_, k) => Math.sin((start + k) * step));
+  return { shape, history };
+}

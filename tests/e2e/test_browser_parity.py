@@ -1,0 +1,267 @@
+"""The same model files in headless Chromium and on the server.
+
+For every model of the example repository: the same inputs through the server (REST, from Python and
+from the page's JS client) and through onnxruntime-web in the page agree within 1e-5; for recurrent
+models every LSTM/GRU/RNN node also runs in the plain-JS gates implementation, fed the node's real
+input (exposed from onnxruntime-web by a probe copy of the model) and compared with the node's real
+outputs. Then a screenshot of /ui with a model loaded must show drawn content.
+
+Needs Debian's chromium (/usr/bin/chromium, `make browser`) and clients/js installed (`make js`,
+which also builds server/ui/vendor).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.support import ROOT, ServerProcess, copy_repository
+
+JS = ROOT / "clients" / "js"
+VENDOR = ROOT / "server" / "ui" / "vendor"
+CHROMIUM = Path("/usr/bin/chromium")
+TOLERANCE = 1e-5
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+@pytest.fixture(scope="module")
+def browser_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    missing = [what for what, ok in (
+        (f"{CHROMIUM} (run `make browser`)", CHROMIUM.exists()),
+        ("node (Node.js >= 20)", shutil.which("node") is not None),
+        ("clients/js/node_modules (run `make js`)", (JS / "node_modules" / "playwright-core").is_dir()),
+        ("server/ui/vendor/modelbridge.js (run `make js`)", (VENDOR / "modelbridge.js").is_file()),
+    ) if not ok]
+    if missing:
+        pytest.fail("browser tests need: " + ", ".join(missing))
+    proc = ServerProcess(copy_repository(tmp_path_factory.mktemp("browser") / "repo")).start()
+    yield proc
+    proc.stop()
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+def concrete_shape(shape: list[int]) -> list[int]:
+    return [d if d >= 0 else (1 if k == 0 else 5) for k, d in enumerate(shape)]
+
+
+def sample(datatype: str, shape: list[int], rng: np.random.Generator) -> list[Any]:
+    n = int(np.prod(shape))
+    if datatype.startswith("FP") or datatype == "BF16":
+        return rng.uniform(-1, 1, n).astype(np.float16 if datatype == "FP16" else np.float32).astype(float).tolist()
+    if datatype == "BOOL":
+        return rng.integers(0, 2, n).astype(bool).tolist()
+    if datatype == "BYTES":
+        return [f"s{k}-{rng.integers(1000)}" for k in range(n)]
+    low = 0 if datatype.startswith("UINT") else -50
+    return rng.integers(low, 100, n).tolist()
+
+
+def job_tensor(tensor: dict[str, Any]) -> dict[str, Any]:
+    """64-bit integers travel to the page as strings (JSON numbers lose digits beyond 2^53)."""
+    if tensor["datatype"] in ("INT64", "UINT64"):
+        return {**tensor, "data": [str(v) for v in tensor["data"]]}
+    return tensor
+
+
+# -- recurrent probes ---------------------------------------------------------------------------
+
+def probe_model(path: Path) -> dict[str, Any] | None:
+    """A copy of the model exposing each recurrent node's X, states and outputs as graph outputs."""
+    model = onnx.load(path)
+    graph = model.graph
+    if not any(node.op_type in RECURRENT_OPS for node in graph.node):
+        return None
+    inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    graph_inputs = {i.name for i in graph.input} - set(inits)
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input, *typed.graph.output]}
+    outputs = {o.name for o in graph.output}
+
+    def expose(name: str) -> dict[str, Any]:
+        if name not in outputs:
+            graph.output.append(helper.make_tensor_value_info(name, elem.get(name, TensorProto.FLOAT), None))
+            outputs.add(name)
+        return {"output": name}
+
+    def ref(name: str) -> dict[str, Any] | None:
+        if not name:
+            return None
+        if name in inits:
+            return {"values": inits[name].astype(float).ravel().tolist(), "shape": list(inits[name].shape)}
+        return {"input": name} if name in graph_inputs else expose(name)
+
+    nodes = []
+    for index, node in enumerate(n for n in graph.node if n.op_type in RECURRENT_OPS):
+        inputs = list(node.input) + [""] * (8 - len(node.input))
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        assert layout == 0, f"{path}: node {node.name} has layout=1, which onnxruntime-web rejects"
+        assert not inputs[4], f"{path}: node {node.name} uses sequence_lens, not covered by the JS gates"
+        keys = ["Y", "Y_h", "Y_c"][: 3 if node.op_type == "LSTM" else 2]
+        while len(node.output) < len(keys):
+            node.output.append("")
+        for k, key in enumerate(keys):
+            if not node.output[k]:
+                node.output[k] = f"mb_probe_{index}_{key}"
+        nodes.append({
+            "index": index, "name": node.name, "op": node.op_type,
+            "x": ref(inputs[0]), "initial_h": ref(inputs[5]),
+            "initial_c": ref(inputs[6]) if node.op_type == "LSTM" else None,
+            "outputs": {key: expose(node.output[k])["output"] for k, key in enumerate(keys)},
+        })
+    return {"onnx_b64": base64.b64encode(model.SerializeToString()).decode(), "nodes": nodes}
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+def run_browser(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    (tmp / "job.json").write_text(json.dumps(job))
+    done = subprocess.run(
+        ["node", str(JS / "scripts" / "browser-parity.mjs"), str(tmp / "job.json"), str(tmp / "result.json")],
+        cwd=JS, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, f"browser driver failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads((tmp / "result.json").read_text())
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    """Decodes an 8-bit, non-interlaced RGB/RGBA PNG (what Chromium's screenshots are)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert header is not None
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, f"unexpected PNG format {header}"
+    bpp = 3 if color == 2 else 4
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, 1 + width * bpp)
+    out = np.zeros((height, width * bpp), dtype=np.int32)
+    prev = np.zeros(width * bpp, dtype=np.int32)
+    for y in range(height):
+        kind, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        row = line.copy()
+        if kind == 2:
+            row = (line + prev) & 0xFF
+        elif kind in (1, 3, 4):
+            for x in range(width * bpp):  # byte-serial filters depend on the bytes just decoded
+                left = row[x - bpp] if x >= bpp else 0
+                up, corner = prev[x], prev[x - bpp] if x >= bpp else 0
+                if kind == 1:
+                    pred = left
+                elif kind == 3:
+                    pred = (left + up) // 2
+                else:
+                    p = left + up - corner
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                    pred = left if pa <= pb and pa <= pc else (up if pb <= pc else corner)
+                row[x] = (line[x] + pred) & 0xFF
+        out[y], prev = row, row
+    return out.reshape(height, width, bpp)[:, :, :3]
+
+
+def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path: Path) -> None:
+    url = browser_server.url
+    names = sorted({m["name"] for m in httpx.post(f"{url}/v2/repository/index", json={"ready": True}).json()})
+    assert names, "the example repository is empty"
+    rng = np.random.default_rng(5)
+    models, reference = [], {}
+    for name in names:
+        meta = httpx.get(f"{url}/v2/models/{name}").json()
+        inputs = [
+            {"name": i["name"], "datatype": i["datatype"], "shape": (shape := concrete_shape(i["shape"])),
+             "data": sample(i["datatype"], shape, rng)}
+            for i in meta["inputs"]
+        ]
+        answer = httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs}, timeout=30)
+        assert answer.status_code == 200, f"{name}: {answer.text}"
+        reference[name] = {o["name"]: o for o in answer.json()["outputs"]}
+        version = sorted(p.name for p in (browser_server.repository / name).iterdir() if p.name.isdigit())[-1]
+        job = {"name": name, "inputs": [job_tensor(t) for t in inputs]}
+        probe = probe_model(browser_server.repository / name / version / "model.onnx")
+        if probe:
+            job["recurrent"] = probe
+        models.append(job)
+    shot_model = "sine_lstm" if "sine_lstm" in names else next((m["name"] for m in models if "recurrent" in m), names[0])
+    result = run_browser({"url": url, "models": models, "screenshot": {"model": shot_model, "path": str(tmp_path / "ui.png")}},
+                         tmp_path)
+    console = "\n".join(result["console"])
+    foreign = [u for u in result["requests"] if not u.startswith(url + "/") and not u.startswith(("data:", "blob:"))]
+    assert not foreign, f"the page fetched from elsewhere than our server: {foreign}"
+    assert result["crossOriginIsolated"], "/ui is not cross-origin isolated (COOP/COEP headers)"
+
+    report, failures = [], []
+    for got in result["models"]:
+        name = got["name"]
+        if "error" in got:
+            failures.append(f"{name}: {got['error']}")
+            continue
+        worst = 0.0
+        for side in ("server", "browser"):
+            assert [o["name"] for o in got[side]] == list(reference[name]), f"{name} {side}: output names"
+            for out in got[side]:
+                ref = reference[name][out["name"]]
+                assert out["datatype"] == ref["datatype"] and out["shape"] == ref["shape"], f"{name} {out['name']}"
+                if ref["datatype"] == "BYTES":
+                    assert out["data"] == ref["data"], f"{name} {side} {out['name']}"
+                    continue
+                diff = float(np.max(np.abs(np.asarray(out["data"], dtype=np.float64) - np.asarray(ref["data"], dtype=np.float64)),
+                                    initial=0.0))
+                if ref["datatype"] not in ("FP16", "FP32", "FP64", "BF16"):
+                    assert diff == 0, f"{name} {side} {out['name']}: integers differ"
+                if side == "browser":
+                    worst = max(worst, diff)
+                elif diff > 0:
+                    failures.append(f"{name}: the page's REST client got {out['name']} off by {diff}")
+        gate_worst = max((d for g in got["gates"] for d in g["diffs"].values()), default=None)
+        if worst > TOLERANCE:
+            failures.append(f"{name}: onnxruntime-web vs server max |diff| {worst:.3g}")
+        if gate_worst is not None and gate_worst > TOLERANCE:
+            failures.append(f"{name}: JS gates vs onnxruntime-web max |diff| {gate_worst:.3g} ({got['gates']})")
+        gates = "" if gate_worst is None else f", JS gates ({len(got['gates'])} node(s)) {gate_worst:.2e}"
+        report.append(f"  {name:<24} onnxruntime-web ({got['device']}) vs server {worst:.2e}{gates}")
+        if "recurrent" in next(m for m in models if m["name"] == name):
+            assert got["gates"], f"{name}: recurrent model but no gate comparison ran"
+    print("\nbrowser parity, max |diff| per model:\n" + "\n".join(report))
+    assert not failures, "\n".join(failures) + "\n-- page console --\n" + console
+
+    shot = result["screenshot"]
+    assert shot["state"] == "done", f"/ui did not finish loading {shot_model}: {shot['text']}\n{console}"
+    assert shot["ui"]["comparison"]["maxDiff"] <= TOLERANCE
+    drawn = [c for c in shot["canvases"] if c["ink"] > 0]
+    assert drawn, f"no canvas on /ui has drawn pixels: {shot['canvases']}"
+    pixels = png_pixels(Path(shot["path"]))
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert colours > 50, f"the screenshot looks blank ({colours} colours)"
+    print(f"  /ui screenshot of {shot_model}: {pixels.shape[1]}x{pixels.shape[0]}, {colours} colours, "
+          f"{sum(c['ink'] for c in drawn)} drawn canvas pixels in {len(drawn)} canvases")
+
+
+def test_ui_is_cross_origin_isolated(browser_server: ServerProcess) -> None:
+    """onnxruntime-web needs COOP/COEP for threads; the bundle and wasm files are served by us."""
+    page = httpx.get(f"{browser_server.url}/ui/")
+    assert page.status_code == 200 and "app.js" in page.text
+    assert page.headers["cross-origin-opener-policy"] == "same-origin"
+    assert page.headers["cross-origin-embedder-policy"] == "require-corp"
+    for f in ("vendor/modelbridge.js", "vendor/ort-wasm-simd-threaded.jsep.mjs", "vendor/ort-wasm-simd-threaded.jsep.wasm"):
+        answer = httpx.head(f"{browser_server.url}/ui/{f}")
+        assert answer.status_code == 200, f
