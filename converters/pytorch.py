@@ -25,7 +25,7 @@ import torch
 
 from converters import parity, recurrent
 from converters.annotations import GATE_ORDERS, annotate_recurrent_node
-from converters.parity import ParityError, ParityReport
+from converters.parity import ParityReport
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 from converters.weights import resolve, resolve_optional
@@ -107,14 +107,14 @@ def recurrent_layers(params: dict[str, np.ndarray]) -> list[RecurrentLayer]:
             continue
         prefix, layer = match["prefix"], int(match["layer"])
         module = prefix.rstrip(".")
-        hidden = params[f"{prefix}weight_hh_l{layer}"].shape[1]
-        op = _OP_BY_GATES.get(params[name].shape[0] // hidden)
-        if op is None:
-            raise UnsupportedModelError(f"{module!r}: weight_ih_l{layer} has a shape no LSTM/GRU/RNN has")
         if f"{prefix}weight_hr_l{layer}" in params:
             raise UnsupportedModelError(
                 f"nn.LSTM {module!r} uses proj_size (weight_hr_l{layer}); ONNX LSTM has no projection"
             )
+        hidden = params[f"{prefix}weight_hh_l{layer}"].shape[1]
+        op = _OP_BY_GATES.get(params[name].shape[0] // hidden)
+        if op is None:
+            raise UnsupportedModelError(f"{module!r}: weight_ih_l{layer} has a shape no LSTM/GRU/RNN has")
         directions = ("forward", "reverse") if f"{prefix}weight_ih_l{layer}_reverse" in params else ("forward",)
         variables = {}
         for direction in directions:
