@@ -99,3 +99,37 @@ def test_message_limit_is_enforced(tmp_path: Path) -> None:
         client.close()
     finally:
         proc.stop()
+
+
+def test_sigint_stops_grpc_cleanly_even_with_an_open_stream(tmp_path: Path) -> None:
+    import queue
+    import signal
+    import time
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    # An idle stream holds shutdown for the grace period (then it is cancelled): keep that short.
+    proc = ServerProcess(copy_repository(tmp_path / "repo", models=["add_sub"]),
+                         extra_args=["--shutdown-grace-secs", "2"]).start()
+    client = grpcclient.InferenceServerClient(proc.grpc_addr)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        a = np.ones((1, 16), np.int32)
+        inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for i in inputs:
+            i.set_data_from_numpy(a)
+        client.async_stream_infer("add_sub", inputs)
+        result, error = results.get(timeout=30)
+        assert error is None and result.as_numpy("OUTPUT0")[0, 0] == 2
+        started = time.monotonic()
+        assert proc.stop(signal.SIGINT, timeout=30) == 0, proc.log()
+        assert time.monotonic() - started < 15
+        with pytest.raises(grpcclient.InferenceServerException) as err:
+            grpcclient.InferenceServerClient(proc.grpc_addr).is_server_live()
+        assert err.value.status() == "StatusCode.UNAVAILABLE"
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+        proc.stop()
