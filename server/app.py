@@ -16,9 +16,12 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from server import metrics
+from server.core.poller import RepositoryPoller
 from server.core.repository import ModelRepository
+from server.core.sequences import SequenceStore
 from server.core.service import InferenceService, example_repository
 from server.rest.app import create_app
+from server.rest.fastpath import InferFastPath
 from server.settings import Settings
 
 log = logging.getLogger("modelbridge")
@@ -26,7 +29,9 @@ log = logging.getLogger("modelbridge")
 
 def build_service(settings: Settings) -> InferenceService:
     root = Path(settings.model_repository) if settings.model_repository else example_repository()
-    service = InferenceService(ModelRepository(root))
+    sequences = SequenceStore(idle_timeout=settings.sequence_idle_secs, max_sequences=settings.max_sequences)
+    service = InferenceService(ModelRepository(root), sequences=sequences)
+    service.model_control_mode = settings.model_control_mode
     return service
 
 
@@ -54,10 +59,15 @@ def _uvicorn(app: Any, host: str, port: int, settings: Settings) -> _Server:
 
 async def serve(settings: Settings) -> None:
     service = build_service(settings)
+    poller = None
+    if settings.model_control_mode == "poll":
+        poller = RepositoryPoller(service, interval=settings.repository_poll_secs)
+        poller.baseline()
     await asyncio.to_thread(service.start)
     log.info("models: %s", [e["name"] + "/" + e["version"] for e in service.repository_index(ready_only=True)])
-    servers = [_uvicorn(create_app(service, max_body_bytes=settings.max_body_bytes), settings.host,
-                        settings.http_port, settings)]
+    rest = InferFastPath(create_app(service, max_body_bytes=settings.max_body_bytes), service,
+                         max_body_bytes=settings.max_body_bytes)
+    servers = [_uvicorn(rest, settings.host, settings.http_port, settings)]
     if settings.metrics_port:
         servers.append(_uvicorn(metrics_app(service), settings.host, settings.metrics_port, settings))
     grpc_server = None
@@ -71,6 +81,7 @@ async def serve(settings: Settings) -> None:
                 service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit
             )
     stop = asyncio.Event()
+    poll_task = asyncio.create_task(poller.run(stop)) if poller else None  # ends when `stop` is set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -89,6 +100,8 @@ async def serve(settings: Settings) -> None:
         await grpc_server.stop(settings.shutdown_grace_secs)
     await asyncio.gather(*tasks, return_exceptions=True)
     waiter.cancel()
+    if poll_task is not None:
+        await poll_task
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
     if failed:
         raise SystemExit(1)

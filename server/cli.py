@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from server import __version__
+from server import __version__, logs
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +20,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, help="largest accepted request body (default 64 MiB)")
     p.add_argument("--grpc-max-message-bytes", type=int, help="largest gRPC message (default: --max-body-bytes)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--log-format", choices=["plain", "json"], help="plain text or JSON lines (default plain)")
+    p.add_argument("--shutdown-grace-secs", type=float,
+                   help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                   help="none: load/unload requests refused; poll: follow repository changes; "
+                        "explicit: load/unload through the API (default explicit; all models load at startup)")
+    p.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
+    p.add_argument("--sequence-idle-secs", type=float,
+                   help="stateful models: drop a sequence after this many idle seconds (default 60)")
+    p.add_argument("--max-sequences", type=int,
+                   help="stateful models: most live sequences at once; more are refused with 429 (default 1024)")
     p.add_argument("--config", help="settings file (TOML or JSON) with the same names as the flags")
     p.set_defaults(func=_serve)
 
@@ -36,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelBridgeError as exc:
         print(f"modelbridge: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         run(settings)
     except ModelBridgeError as exc:

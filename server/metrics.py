@@ -34,4 +34,16 @@ def render(service: InferenceService) -> str:
     lines.append("# TYPE nv_inference_pending_request_count gauge")
     for mv in versions:
         lines.append(f'nv_inference_pending_request_count{{model="{mv.name}",version="{mv.version}"}} {mv.stats.pending}')
+    lines.append("# HELP nv_inference_batch_exec_count Number of model executions per batch size")
+    lines.append("# TYPE nv_inference_batch_exec_count counter")
+    for mv in versions:
+        for size, b in sorted(mv.stats.batches.items()):
+            lines.append(f'nv_inference_batch_exec_count{{model="{mv.name}",version="{mv.version}",'
+                         f'batch_size="{size}"}} {b.compute_infer.count}')
+    lines.append("# HELP nv_inference_sequence_live_count Instantaneous number of live sequences")
+    lines.append("# TYPE nv_inference_sequence_live_count gauge")
+    for mv in versions:
+        # Hook: stays 0 until a sequence batcher keeps `live_sequences` on the version's stats.
+        live = getattr(mv.stats, "live_sequences", 0)
+        lines.append(f'nv_inference_sequence_live_count{{model="{mv.name}",version="{mv.version}"}} {live}')
     return "\n".join(lines) + "\n"

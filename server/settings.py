@@ -27,6 +27,10 @@ class Settings:
     log_level: str = "info"
     log_format: str = "plain"           # plain | json
     shutdown_grace_secs: float = 10.0
+    model_control_mode: str = "explicit"  # none | poll | explicit (Triton's names); all models load at startup
+    repository_poll_secs: float = 15.0  # poll mode: seconds between repository scans
+    sequence_idle_secs: float = 60.0    # a sequence with no step for this long is dropped
+    max_sequences: int = 1024           # live sequences over all models; more -> RESOURCE_EXHAUSTED / 429
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,7 +66,28 @@ def load_settings(
     for name, value in flags.items():
         if name in _FIELDS and value is not None:
             values[name] = value
-    return dataclasses.replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
+    return _validate(dataclasses.replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()}))
+
+
+_CHOICES = {"log_level": ("debug", "info", "warning", "error"), "log_format": ("plain", "json"),
+            "model_control_mode": ("none", "poll", "explicit")}
+
+
+def _validate(s: Settings) -> Settings:
+    # Env and file values skip argparse's checks, so every source is checked here once.
+    for name, allowed in _CHOICES.items():
+        value = getattr(s, name).lower()
+        if value not in allowed:
+            raise InvalidArgument(f"setting {name}: {getattr(s, name)!r} is not one of {list(allowed)}")
+        setattr(s, name, value)
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        if not 0 <= getattr(s, name) <= 65535:
+            raise InvalidArgument(f"setting {name}: {getattr(s, name)} is not a port number (0-65535)")
+    if s.sequence_idle_secs <= 0 or s.max_sequences < 1:
+        raise InvalidArgument("settings sequence_idle_secs must be > 0 and max_sequences >= 1")
+    if s.repository_poll_secs <= 0 or s.shutdown_grace_secs < 0:
+        raise InvalidArgument("settings repository_poll_secs must be > 0 and shutdown_grace_secs >= 0")
+    return s
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Run: .venv/bin/python examples/basic/build.py   (writes server/examples/reposito
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +79,42 @@ def lstm_tiny(hidden: int = 4, inp: int = 2) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET, producer_name="modelbridge-examples")
 
 
+def lstm_stream(hidden: int = 4, inp: int = 2) -> onnx.ModelProto:
+    """lstm_tiny's weights in step form: state inputs h0/c0 and outputs hn/cn, batch first, declared in
+    metadata `modelbridge.state` so the server keeps them between the steps of a sequence."""
+    base = lstm_tiny(hidden, inp)
+    inits = list(base.graph.initializer)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["x_tbi"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["h0"], ["h0_t"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["c0"], ["c0_t"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["x_tbi", "W", "R", "B", "", "h0_t", "c0_t"], ["y_tdbh", "hn_t", "cn_t"],
+                         hidden_size=hidden, name="lstm"),
+        helper.make_node("Squeeze", ["y_tdbh", "axis1"], ["y_tbh"]),
+        helper.make_node("Transpose", ["y_tbh"], ["y"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["hn_t"], ["hn"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["cn_t"], ["cn"], perm=[1, 0, 2]),
+    ]
+    state = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1, hidden]) for n in ("h0", "c0")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1, hidden]) for n in ("hn", "cn")]
+    graph = helper.make_graph(
+        nodes, "lstm_stream",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "T", inp]), *state],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "T", hidden]), *outs],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="modelbridge-examples")
+    helper.set_model_props(model, {"modelbridge.state": json.dumps(
+        [{"input": "h0", "output": "hn"}, {"input": "c0", "output": "cn"}])})
+    return model
+
+
 def main() -> None:
     save(add_sub(), "add_sub", 'max_batch_size: 8\n')
     save(identity_types(), "identity_types")
     save(lstm_tiny(), "lstm_tiny")
+    save(lstm_stream(), "lstm_stream",
+         "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 
 from server.core import datatypes
 from server.core.batcher import DynamicBatcher
+from server.core.sequences import StatePair
 from server.core.errors import InvalidArgument
 from server.core.model_config import TensorSpec, tensor_specs
 from server.core.runtime import ModelRuntime
@@ -26,12 +27,16 @@ LOADING = "LOADING"
 class ModelVersion:
     """One version, loaded: its session, its validated interface, its statistics."""
 
-    def __init__(self, name: str, version: int, path: Path, config: dict[str, Any], runtime: ModelRuntime) -> None:
+    def __init__(
+        self, name: str, version: int, path: Path, config: dict[str, Any], runtime: ModelRuntime,
+        *, states: list[StatePair] | None = None,
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
         self.config = config
         self.runtime = runtime
+        self.states = states or []
         self.max_batch_size: int = config["max_batch_size"]
         self.inputs: dict[str, TensorSpec] = {s.name: s for s in tensor_specs(config, "input")}
         self.outputs: dict[str, TensorSpec] = {s.name: s for s in tensor_specs(config, "output")}

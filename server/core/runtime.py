@@ -61,6 +61,7 @@ class ModelRuntime:
         self.inputs = _graph_io(self.session.get_inputs())
         self.outputs = _graph_io(self.session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
+        self.custom_metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> list[np.ndarray]:
         try:

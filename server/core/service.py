@@ -11,9 +11,10 @@ from typing import Any
 
 import onnx
 
-from server import __version__
+from server import __version__, logs
 from server.core import model_config
 from server.core.errors import (
+    FailedPrecondition,
     InvalidArgument,
     ModelBridgeError,
     NotFound,
@@ -22,22 +23,29 @@ from server.core.errors import (
 from server.core.models import LOADING, READY, UNAVAILABLE, ModelEntry, ModelVersion
 from server.core.repository import ModelRepository, check_model_name, check_relative_file, check_version
 from server.core.runtime import ModelRuntime
+from server.core.sequences import SequenceStore, sequence_config, sequence_params, state_pairs
 from server.core.types import InferRequest, InferResponse, OutputTensor
 
 log = logging.getLogger("modelbridge.service")
 
 # Only what is implemented: clients such as perf_analyzer decide what to call from this list.
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics", "sequence"]
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, *, server_name: str = "modelbridge") -> None:
+    def __init__(
+        self, repository: ModelRepository, *, server_name: str = "modelbridge",
+        sequences: SequenceStore | None = None,
+    ) -> None:
         self.repository = repository
+        self.sequences = sequences if sequences is not None else SequenceStore()
         self.server_name = server_name
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()   # serialises load/unload/upload; inference never takes it
         self.ready = False
         self.live = True
+        # Triton's --model-control-mode: only "explicit" lets API calls change what is loaded.
+        self.model_control_mode = "explicit"
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, *, load: list[str] | None = None) -> None:
@@ -45,7 +53,7 @@ class InferenceService:
         self.repository.clean_staging()
         for name in load if load is not None else self.repository.model_names():
             try:
-                self.load(name)
+                self.load_from_repository(name)
             except ModelBridgeError as exc:
                 log.warning("model %s failed to load: %s", name, exc.message)
         self.ready = True
@@ -108,24 +116,75 @@ class InferenceService:
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
+        start, rid = time.perf_counter_ns(), logs.request_id(req.id)
+        try:
+            resp = await self._infer(req)
+        except ModelBridgeError as exc:
+            logs.log_request(rid=rid, model=req.model_name, version=req.model_version, start_ns=start, error=exc)
+            raise
+        logs.log_request(rid=rid, model=resp.model_name, version=resp.model_version, start_ns=start)
+        return resp
+
+    async def _infer(self, req: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
         mv = self.model_version(req.model_name, req.model_version)
+        mv.stats.pending += 1
         try:
             feeds, names, batch = mv.prepare(req)
-            t1 = time.perf_counter_ns()
-            arrays = mv.runtime.run(feeds, names)
-            t2 = time.perf_counter_ns()
+            if mv.states:
+                arrays, queue_ns = await self._run_stateful(mv, req, feeds, names, batch, start)
+            else:
+                arrays, queue_ns = await self._run(mv, feeds, names, batch, start)
             outputs = [
                 OutputTensor(n, mv.output_datatype(n, a), tuple(a.shape), a)
                 for n, a in zip(names, arrays)
             ]
-            t3 = time.perf_counter_ns()
         except ModelBridgeError:
             mv.stats.record_failure(request_ns=time.perf_counter_ns() - start)
             raise
-        mv.stats.record_execution(batch=batch, input_ns=t1 - start, infer_ns=t2 - t1, output_ns=t3 - t2)
-        mv.stats.record_success(request_ns=t3 - start, queue_ns=0, batch=batch)
+        finally:
+            mv.stats.pending -= 1
+        mv.stats.record_success(request_ns=time.perf_counter_ns() - start, queue_ns=queue_ns, batch=batch)
         return InferResponse(mv.name, str(mv.version), req.id, outputs)
+
+    async def _run(
+        self, mv: ModelVersion, feeds: dict[str, Any], names: list[str], batch: int, start: int
+    ) -> tuple[list[Any], int]:
+        if mv.batcher is not None:
+            result = await mv.batcher.submit(feeds, names, batch)  # records its own executions
+            return result.arrays, result.queue_ns
+        t1 = time.perf_counter_ns()
+        arrays = mv.runtime.run(feeds, names)
+        t2 = time.perf_counter_ns()
+        mv.stats.record_execution(batch=batch, input_ns=t1 - start, infer_ns=t2 - t1, output_ns=0)
+        return arrays, 0
+
+    async def _run_stateful(
+        self, mv: ModelVersion, req: InferRequest, feeds: dict[str, Any], names: list[str], batch: int, start: int
+    ) -> tuple[list[Any], int]:
+        sp = sequence_params(req.parameters, mv.name)
+        key = (mv.name, mv.version, sp.sequence_id)
+        seq = self.sequences.begin(key, mv.states, batch) if sp.start else self.sequences.resume(key)
+        async with seq.lock:  # steps of one sequence run one at a time, in arrival order
+            if sp.start:
+                self.sequences.reset(seq, mv.states, batch)
+            elif self.sequences.lookup(key) is not seq:
+                seq = self.sequences.resume(key)  # ended or restarted while this step waited
+            if seq.batch != batch:
+                raise InvalidArgument(
+                    f"sequence {sp.sequence_id!r} started with batch size {seq.batch}, this step has {batch}"
+                )
+            feeds.update(seq.state)
+            arrays, queue_ns = await self._run(mv, feeds, names + [p.output for p in mv.states], batch, start)
+            n = len(names)
+            if sp.end:
+                self.sequences.end(key)
+            else:
+                seq.state = {p.input: arrays[n + i] for i, p in enumerate(mv.states)}
+        return arrays[:n], queue_ns
+
+    def live_sequences(self, name: str, version: int) -> int:
+        return self.sequences.count(name, version)
 
     # -- statistics ----------------------------------------------------------------------------
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
@@ -165,6 +224,7 @@ class InferenceService:
     ) -> None:
         """(Re)load a model. `files` maps "<version>/<file>" to bytes (Triton's file: load parameters);
         `config_text` is a JSON model config that replaces the stored one."""
+        self._check_control("load")
         check_model_name(name)
         with self._lock:
             if config_text is not None:
@@ -190,7 +250,27 @@ class InferenceService:
                 raise NotFound(f"model '{name}' is not in the repository")
             self._load_locked(name)
 
-    def _load_locked(self, name: str) -> None:
+    def load_from_repository(self, name: str, *, keep_serving: bool = False) -> None:
+        """(Re)load `name` as it is on disk, whatever the control mode (startup, repository poller).
+        With keep_serving, a failed reload leaves the loaded versions serving, as Triton does."""
+        with self._lock:
+            if not self.repository.exists(name):
+                raise NotFound(f"model '{name}' is not in the repository")
+            self._load_locked(name, keep_serving=keep_serving)
+
+    def drop(self, name: str) -> None:
+        """Forget a model whose folder left the repository (repository poller)."""
+        with self._lock:
+            self._models.pop(name, None)
+
+    def _check_control(self, action: str) -> None:
+        if self.model_control_mode != "explicit":
+            raise FailedPrecondition(
+                f"model {action} is not allowed: the server runs with --model-control-mode="
+                f"{self.model_control_mode}; only --model-control-mode=explicit accepts model control requests"
+            )
+
+    def _load_locked(self, name: str, *, keep_serving: bool = False) -> None:
         entry = self._models.get(name) or ModelEntry(name)
         entry.state = LOADING
         self._models[name] = entry
@@ -206,6 +286,9 @@ class InferenceService:
             for v in wanted:
                 loaded[v] = self._load_version(name, v, given)
         except ModelBridgeError as exc:
+            if keep_serving and entry.versions:
+                entry.state, entry.reason = READY, f"reload failed, serving the previous versions: {exc.message}"
+                raise
             entry.state, entry.reason = UNAVAILABLE, exc.message
             entry.versions = {}
             raise
@@ -221,12 +304,19 @@ class InferenceService:
             raise Unavailable(f"model '{name}' version {version} has no {filename}")
         try:
             runtime = ModelRuntime(path, _params(given))
-            cfg = model_config.complete(name, given, runtime.inputs, runtime.outputs)
+            pairs = state_pairs(runtime.custom_metadata, runtime.inputs, runtime.outputs)
+            hidden = {p.input for p in pairs} | {p.output for p in pairs}
+            # State tensors are the server's business: clients never see or send them.
+            cfg = model_config.complete(name, given, [io for io in runtime.inputs if io.name not in hidden],
+                                        [io for io in runtime.outputs if io.name not in hidden])
+            if pairs:
+                cfg["sequence_batching"] = sequence_config(pairs, int(self.sequences.idle_timeout * 1e6))
         except ModelBridgeError as exc:
             raise Unavailable(f"model '{name}' version {version} failed to load: {exc.message}") from None
-        return ModelVersion(name, version, path, cfg, runtime)
+        return ModelVersion(name, version, path, cfg, runtime, states=pairs)
 
     def unload(self, name: str) -> None:
+        self._check_control("unload")
         check_model_name(name)
         with self._lock:
             entry = self._models.get(name)
@@ -239,6 +329,7 @@ class InferenceService:
 
     def upload_version(self, name: str, version: str | int, data: bytes) -> dict[str, Any]:
         """Store ONNX bytes as <name>/<version>/model.onnx after checking them, then (re)load the model."""
+        self._check_control("upload")
         check_model_name(name)
         v = check_version(version)
         validate_onnx_bytes(data)
