@@ -1,0 +1,147 @@
+"""After tf2onnx: tidy tensor names, annotate fused recurrent nodes, refuse left-over loops (no TF import)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from converters.annotations import GATE_ORDERS, annotate_recurrent_node
+from converters.keras_layers import UnsupportedLayerError
+from converters.specs import InputSpec
+from converters.tf_cells import CellMatch, match_direction
+from converters.weights import resolve
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+_CELL_NAME = re.compile(r"(cell|lstm|gru|rnn)", re.IGNORECASE)
+
+
+@dataclass
+class Loaded:
+    """A TensorFlow source ready for tf2onnx: a frozen graph or a function, plus what parity needs."""
+
+    origin: str
+    specs: list[InputSpec]
+    input_names: list[str]  # TF tensor names ("x:0")
+    output_names: list[str]
+    graph_def: Any = None
+    function: Any = None  # a tf.function with an input_signature
+    variables: dict[str, np.ndarray] = field(default_factory=dict)
+    op_names: list[str] = field(default_factory=list)
+    matched: set[str] = field(default_factory=set)
+    call: Callable[..., Any] | None = None
+    declared: set[str] = field(default_factory=set)  # input names whose shape the user gave
+
+
+def rename_io(model: onnx.ModelProto) -> None:
+    """``x:0`` -> ``x`` on graph inputs and outputs, so clients use the names people wrote."""
+    graph = model.graph
+    taken = {name for node in graph.node for name in node.output} | {value.name for value in graph.input}
+    renames = {}
+    for value in list(graph.input) + list(graph.output):
+        plain = re.sub(r":0$", "", value.name)
+        if plain != value.name and plain not in taken:
+            renames[value.name] = plain
+            taken.add(plain)
+    if not renames:
+        return
+    for value in list(graph.input) + list(graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+
+
+def _merge(matches: list[CellMatch], directions: list[str]) -> CellMatch:
+    if len(matches) == 1:
+        return matches[0]
+    variables = {f"{d}.{key}": name for d, m in zip(directions, matches, strict=True) for key, name in m.variables.items()}
+    folded: dict[str, float] = {}
+    for d, m in zip(directions, matches, strict=True):
+        folded.update({f"{d}.{key}": v for key, v in m.folded.items()})
+    if len({tuple(sorted(m.folded.items())) for m in matches}) == 1:
+        folded = dict(matches[0].folded)
+    layers = " + ".join(dict.fromkeys(m.layer for m in matches))
+    return CellMatch(layers, variables, matches[0].source_gate_order, matches[0].gate_map, folded,
+                     "; ".join(dict.fromkeys(m.notes for m in matches)))
+
+
+def annotate_fused(model: onnx.ModelProto, loaded: Loaded) -> list[dict[str, Any]]:
+    """Annotate every LSTM/GRU/RNN node with the source variables it was built from."""
+    entries = []
+    for node in model.graph.node:
+        if node.op_type not in RECURRENT_OPS:
+            continue
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        if layout != 0:
+            raise UnsupportedLayerError(f"node {node.name!r}: layout={layout}; onnxruntime-web needs layout 0")
+        inputs = list(node.input) + [""] * 8
+        w, r = resolve(model, inputs[1]), resolve(model, inputs[2])
+        b = resolve(model, inputs[3]) if inputs[3] else None
+        directions = ["forward", "reverse"] if w.shape[0] == 2 else ["forward"]
+        matches = []
+        for d in range(w.shape[0]):
+            found = match_direction(node.op_type, w[d], r[d], None if b is None else b[d], loaded.variables)
+            if found is None:
+                break
+            matches.append(found)
+        if len(matches) == len(directions):
+            match = _merge(matches, directions)
+            loaded.matched.update(match.variables.values())
+        else:
+            gates = GATE_ORDERS[node.op_type]
+            match = CellMatch(node.name, {}, gates, {g: g for g in gates}, {},
+                              "source variables not identified by value; gate order is ONNX's own")
+        entries.append(annotate_recurrent_node(
+            model, node, framework="tensorflow", layer=match.layer, variables=match.variables,
+            source_gate_order=match.source_gate_order, gate_map=match.gate_map, folded=match.folded,
+            notes=match.notes))
+    return entries
+
+
+def _holds_matmul(graph: onnx.GraphProto) -> bool:
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            return True
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH and _holds_matmul(attr.g):
+                return True
+    return False
+
+
+def _features(layer: str, loaded: Loaded) -> list[str]:
+    names = [name for name in loaded.variables if name.startswith(layer + "/")]
+    found = []
+    if any(name.endswith(("w_f_diag", "w_i_diag", "w_o_diag")) for name in names):
+        found.append("use_peepholes")
+    if any("/projection/" in name for name in names):
+        found.append("num_proj (projection/kernel)")
+    base = layer.rsplit("/", 1)[-1]
+    if any(f"/{base}/clip_by_value" in op for op in loaded.op_names):
+        found.append("cell_clip")
+    return found
+
+
+def refuse_loops(model: onnx.ModelProto, loaded: Loaded) -> None:
+    """A Loop/Scan computing a recurrent cell means tf2onnx did not fuse it: refuse, naming the cell."""
+    loops = [node for node in model.graph.node if node.op_type in ("Loop", "Scan")
+             and any(attr.type == onnx.AttributeProto.GRAPH and _holds_matmul(attr.g) for attr in node.attribute)]
+    if not loops:
+        return
+    cells = sorted({name.rsplit("/", 1)[0] for name, value in loaded.variables.items()
+                    if name.endswith("kernel") and value.ndim == 2 and name not in loaded.matched
+                    and "/projection/" not in name and _CELL_NAME.search(name.rsplit("/", 1)[0])})
+    layers = sorted({re.sub(r"/(gates|candidate)$", "", cell) for cell in cells})
+    described = [f"{layer!r}" + (f" ({', '.join(feats)})" if (feats := _features(layer, loaded)) else "")
+                 for layer in layers]
+    where = ", ".join(f"{node.op_type} {node.name!r}" for node in loops)
+    who = "; ".join(described) if described else "an unidentified recurrent layer"
+    raise UnsupportedLayerError(
+        f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}). "
+        "Fused: BasicLSTMCell, LSTMCell without peepholes/cell_clip/num_proj, GRUCell, MultiRNNCell stacks of "
+        "those, Keras LSTM; convert Keras models with the keras converter, which rebuilds every recurrent layer."
+    )

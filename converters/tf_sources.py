@@ -1,0 +1,220 @@
+"""Read TensorFlow sources into a Loaded (tf_graph.py): functions, SavedModels, frozen .pb, checkpoints.
+
+TF1 checkpoints are restored from their ``.meta`` graph and frozen with
+``convert_variables_to_constants``, which keeps each variable's name on its Const node
+(``rnn/basic_lstm_cell/kernel``): the annotations quote those names.  Loading a checkpoint needs no
+TF1 cell classes, so TF_USE_LEGACY_KERAS matters only to whoever builds such a model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import tensorflow as tf
+
+from converters import UnsupportedSourceError
+from converters.specs import InputSpec
+from converters.tf_graph import Loaded
+
+# Nodes that are bookkeeping, not model outputs, when guessing a graph's outputs.
+_NOT_OUTPUTS = {"NoOp", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2", "SaveSlices", "VariableV2",
+                "VarHandleOp", "Const", "Placeholder", "PlaceholderWithDefault", "VarIsInitializedOp",
+                "IsVariableInitialized", "MergeSummary", "ScalarSummary", "HistogramSummary"}
+_BOOKKEEPING = re.compile(r"^(save(_\d+)?|gradients(_\d+)?|train|init|report_uninitialized|.*Adam|"
+                          r".*GradientDescent|.*Momentum|.*RMSProp)(/|$)")
+
+
+def _plain(name: str) -> str:
+    return re.sub(r":\d+$", "", name)
+
+
+def _spec_of(name: str, shape: Any, dtype: Any) -> InputSpec:
+    dims = tuple(None if d is None else int(d) for d in tf.TensorShape(shape).as_list())
+    return InputSpec(_plain(name), dims, tf.as_dtype(dtype).name)
+
+
+def _override(specs: list[InputSpec], given: list[InputSpec] | None) -> list[InputSpec]:
+    if not given:
+        return specs
+    by_name = {_plain(spec.name): spec for spec in given}
+    unknown = sorted(set(by_name) - {spec.name for spec in specs})
+    if unknown:
+        raise UnsupportedSourceError(f"input spec names {unknown} are not inputs of the model "
+                                     f"(inputs: {[spec.name for spec in specs]})")
+    return [by_name.get(spec.name, spec) for spec in specs]
+
+
+def _is_weight(node: Any) -> bool:
+    if node.op not in ("Const", "VariableV2", "VarHandleOp"):
+        return False
+    if node.op != "Const":
+        return True
+    dims = node.attr["value"].tensor.tensor_shape.dim
+    return node.attr["dtype"].type == tf.float32.as_datatype_enum and int(np.prod([d.size for d in dims])) > 1
+
+
+def _guess_outputs(graph_def: Any) -> list[str]:
+    """Terminal nodes that compute from an input and are not a by-product of a bigger output.
+
+    dynamic_rnn leaves unconsumed final states (loop Exit nodes), zero-state constants and a saver
+    behind; an output whose ancestors all feed another output is such a by-product.
+    """
+    relevant = {node.name: node for node in graph_def.node if not _BOOKKEEPING.match(node.name)}
+    parents = {name: [re.sub(r"^\^", "", _plain(inp)) for inp in node.input] for name, node in relevant.items()}
+    consumed = {parent for names in parents.values() for parent in names}
+    ancestry: dict[str, frozenset[str]] = {}
+
+    def ancestors(name: str) -> frozenset[str]:
+        stack, seen = [name], set()
+        while stack:
+            for parent in parents.get(stack.pop(), []):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return frozenset(seen)
+
+    for name, node in relevant.items():
+        if name in consumed or node.op in _NOT_OUTPUTS or node.op == "Exit" \
+                or node.op.startswith(("Apply", "ResourceApply")):
+            continue
+        every = [p for p in ancestors(name) if p in relevant]
+        # An output computes from an input AND from weights (zero states and shape helpers do not).
+        if any(relevant[p].op == "Placeholder" for p in every) and any(_is_weight(relevant[p]) for p in every):
+            ancestry[name] = frozenset(p for p in every if relevant[p].op != "Const")
+    outputs = [name for name, found in ancestry.items()
+               if not any(found < other for key, other in ancestry.items() if key != name)]
+    if not outputs:
+        raise UnsupportedSourceError("cannot tell the outputs of this TensorFlow graph; name them (outputs=[...])")
+    return outputs
+
+
+def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
+                    outputs: list[str] | None) -> Loaded:
+    nodes = {node.name for node in graph_def.node}
+    output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+    missing = [name for name in output_nodes if name not in nodes]
+    if missing:
+        raise UnsupportedSourceError(f"{origin}: no node named {missing} in the graph")
+    pruned = tf.compat.v1.graph_util.extract_sub_graph(graph_def, output_nodes)
+    placeholders = [node for node in pruned.node if node.op == "Placeholder"]
+    specs = [_spec_of(node.name, tf.TensorShape(node.attr["shape"].shape), node.attr["dtype"].type)
+             for node in placeholders]
+    specs = _override(specs, inputs)
+    declared = {_plain(spec.name) for spec in inputs or []}
+    variables = {}
+    for node in pruned.node:
+        if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
+            value = tf.make_ndarray(node.attr["value"].tensor)
+            if 1 <= value.ndim <= 2:
+                variables[node.name] = value
+    return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [f"{name}:0" for name in output_nodes],
+                  graph_def=pruned, variables=variables, op_names=[node.name for node in pruned.node],
+                  declared=declared)
+
+
+def _checkpoint_prefix(path: Path) -> str:
+    if path.is_dir():
+        latest = tf.train.latest_checkpoint(str(path))
+        if latest is None:
+            raise UnsupportedSourceError(f"directory {str(path)!r} holds no TF checkpoint")
+        return latest
+    return str(path.with_suffix("")) if path.suffix in (".meta", ".index") else str(path)
+
+
+def _from_checkpoint(path: Path, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
+    prefix = _checkpoint_prefix(path)
+    meta = Path(prefix + ".meta")
+    if not meta.is_file():
+        raise UnsupportedSourceError(f"checkpoint {prefix!r} has no .meta graph next to it ({meta.name})")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        saver = tf.compat.v1.train.import_meta_graph(str(meta), clear_devices=True)
+        if saver is None:
+            raise UnsupportedSourceError(f"{meta.name} holds no variables to restore")
+        saver.restore(session, prefix)
+        graph_def = graph.as_graph_def()
+        output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+        frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, output_nodes)
+    return _from_graph_def(frozen, f"checkpoint {Path(prefix).name}", inputs, output_nodes)
+
+
+def _from_function(function: Any, origin: str, inputs: list[InputSpec] | None) -> Loaded:
+    signature = getattr(function, "input_signature", None)
+    if signature:
+        specs = [_spec_of(spec.name or f"input_{k}", spec.shape, spec.dtype) for k, spec in enumerate(signature)]
+        specs = _override(specs, inputs)
+    elif inputs:
+        specs = list(inputs)
+    else:
+        raise UnsupportedSourceError("a tf.function needs an input_signature or input specs (--input NAME:SHAPE)")
+    tensor_specs = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
+    wrapped = tf.function(lambda *args: function(*args), input_signature=tensor_specs)
+    concrete = wrapped.get_concrete_function()
+    variables = {_plain(v.name): np.asarray(v.numpy()) for v in concrete.variables}
+    return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [], function=wrapped,
+                  variables={k: v for k, v in variables.items() if 1 <= v.ndim <= 2})
+
+
+def _from_saved_model(path: Path, inputs: list[InputSpec] | None) -> Loaded:
+    loaded = tf.saved_model.load(str(path))
+    signatures = dict(loaded.signatures)
+    if not signatures:
+        raise UnsupportedSourceError(f"SavedModel {path.name!r} has no signatures to convert")
+    key = "serving_default" if "serving_default" in signatures else min(signatures)
+    signature = signatures[key]
+    _, kwargs = signature.structured_input_signature
+    names = sorted(kwargs)
+    specs = _override([_spec_of(name, kwargs[name].shape, kwargs[name].dtype) for name in names], inputs)
+    tensor_specs = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
+
+    def call(*args: Any) -> Any:
+        return signature(**dict(zip(names, args, strict=True)))
+
+    function = tf.function(call, input_signature=tensor_specs)
+    result = _from_function(function, f"SavedModel {path.name} [{key}]", inputs)
+    result.variables.update({_plain(v.name): np.asarray(v.numpy()) for v in signature.variables
+                             if 1 <= len(v.shape) <= 2})
+    result.call = loaded  # keep the loaded object alive while its functions are used
+    return result
+
+
+def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
+    if not isinstance(source, (str, Path)):
+        if hasattr(source, "get_concrete_function"):
+            return _from_function(source, getattr(source, "__name__", "tf.function"), inputs)
+        raise UnsupportedSourceError(f"a {type(source).__qualname__} is not a TensorFlow source "
+                                     "(tf.function, SavedModel, .pb, .meta)")
+    path = Path(source)
+    if not path.exists():
+        raise UnsupportedSourceError(f"TensorFlow source {str(path)!r} does not exist")
+    if path.is_dir() and (path / "saved_model.pb").exists():
+        return _from_saved_model(path, inputs)
+    if path.name == "saved_model.pb":
+        return _from_saved_model(path.parent, inputs)
+    if path.is_dir() or path.suffix in (".meta", ".index"):
+        return _from_checkpoint(path, inputs, outputs)
+    if path.suffix == ".pb":
+        graph_def = tf.compat.v1.GraphDef()
+        try:
+            graph_def.ParseFromString(path.read_bytes())
+        except Exception as exc:
+            raise UnsupportedSourceError(f"{path.name!r} is not a binary GraphDef: {exc}") from exc
+        return _from_graph_def(graph_def, f"frozen graph {path.name}", inputs, outputs)
+    raise UnsupportedSourceError(f"{path.name!r}: not a SavedModel directory, frozen .pb or TF1 checkpoint (.meta)")
+
+
+def function_to_onnx(loaded: Loaded, *, opset: int) -> onnx.ModelProto:
+    import tf2onnx
+
+    signature = loaded.function.input_signature
+    proto, _ = tf2onnx.convert.from_function(loaded.function, input_signature=signature, opset=opset)
+    return proto
+
+
+def run_function(loaded: Loaded, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    out = loaded.function(*[tf.constant(feeds[spec.name]) for spec in loaded.specs])
+    return [np.asarray(value) for value in tf.nest.flatten(out)]

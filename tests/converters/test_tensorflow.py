@@ -1,0 +1,125 @@
+"""TF2 sources: tf.functions and SavedModels, with fused recurrent nodes matched to their variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converters import UnsupportedSourceError, gates
+from converters.keras_layers import UnsupportedLayerError
+from converters.specs import InputSpec
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+
+def _signature() -> list[Any]:
+    return [tf.TensorSpec([None, 6, 3], tf.float32, name="x")]
+
+
+def _lstm_model() -> Any:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.LSTM(4, name="encoder"), keras.layers.Dense(2)])
+    bias = model.layers[0].cell.bias
+    bias.assign(np.random.default_rng(2).normal(size=bias.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def lstm_model() -> Any:
+    return _lstm_model()
+
+
+def _check_keras_lstm_gates(result: Any, layer: Any) -> None:
+    (node,) = gates.split_gates_arrays(result.model)["nodes"]
+    cell = layer.cell
+    kernel, recurrent, bias = cell.kernel.numpy(), cell.recurrent_kernel.numpy(), cell.bias.numpy()
+    hidden = recurrent.shape[0]
+    for k, gate in enumerate(("i", "f", "c", "o")):
+        block = slice(k * hidden, (k + 1) * hidden)
+        got = node["directions"][0]["gates"][gate]
+        np.testing.assert_allclose(got["W"], kernel[:, block].T, atol=1e-7)
+        np.testing.assert_allclose(got["R"], recurrent[:, block].T, atol=1e-7)
+        np.testing.assert_allclose(got["Wb"] + got["Rb"], bias[block], atol=1e-6)
+    assert node["source"]["variables"] == {"kernel": cell.kernel.path, "recurrent_kernel": cell.recurrent_kernel.path,
+                                           "bias": cell.bias.path}
+    assert node["source"]["gate_order"] == ["i", "f", "c", "o"]
+
+
+def test_tf_function_with_keras_lstm_fuses(lstm_model: Any) -> None:
+    from converters import tensorflow as tf_converter
+
+    function = tf.function(lambda x: lstm_model(x), input_signature=_signature())
+    result = tf_converter.convert(function, opset=17, atol=1e-5)
+    ops = result.op_types()
+    assert "LSTM" in ops and not {"Loop", "Scan"} & set(ops)
+    assert result.parity.passed
+    _check_keras_lstm_gates(result, lstm_model.layers[0])
+
+
+def test_saved_model_directory_converts(lstm_model: Any, tmp_path: Path) -> None:
+    from converters import convert
+
+    class Served(tf.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=_signature())
+        def __call__(self, x: Any) -> Any:
+            return {"prediction": self.model(x)}
+
+    tf.saved_model.save(Served(lstm_model), str(tmp_path / "saved"))
+    result = convert(tmp_path / "saved")
+    assert "LSTM" in result.op_types() and result.parity.passed
+    assert [out.name for out in result.model.graph.output] == ["prediction"]
+    _check_keras_lstm_gates(result, lstm_model.layers[0])
+
+
+def test_plain_tf_function_takes_input_specs() -> None:
+    from converters import tensorflow as tf_converter
+
+    weights = tf.Variable(np.random.default_rng(0).normal(size=(3, 2)).astype("float32"))
+
+    @tf.function
+    def affine(x: Any) -> Any:
+        return tf.nn.sigmoid(tf.matmul(x, weights) + 0.5)
+
+    result = tf_converter.convert(affine, inputs=[InputSpec("x", (None, 3))], opset=17)
+    assert {"MatMul", "Sigmoid"} <= set(result.op_types()) and result.parity.passed
+    with pytest.raises(UnsupportedSourceError, match="input_signature"):
+        tf_converter.convert(affine, opset=17)
+
+
+def test_keras_gru_left_as_loop_is_refused_by_name() -> None:
+    from converters import tensorflow as tf_converter
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.GRU(4, name="slow_gru")])
+    function = tf.function(lambda x: model(x), input_signature=_signature())
+    with pytest.raises(UnsupportedLayerError, match=r"slow_gru.*did not fuse.*keras converter"):
+        tf_converter.convert(function, opset=17)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [("missing_dir/model.meta", "does not exist"), (b"not a model", "not a TensorFlow source")],
+    ids=["missing-file", "wrong-object"],
+)
+def test_bad_sources_are_named(source: Any, message: str) -> None:
+    from converters import tensorflow as tf_converter
+
+    with pytest.raises(UnsupportedSourceError, match=message):
+        tf_converter.convert(source, opset=17)
+
+
+def test_garbage_pb_is_refused(tmp_path: Path) -> None:
+    from converters import tensorflow as tf_converter
+
+    path = tmp_path / "broken.pb"
+    path.write_bytes(b"\x08\x96\x01 definitely not a graph")
+    with pytest.raises(UnsupportedSourceError, match="broken.pb"):
+        tf_converter.convert(path, opset=17)
