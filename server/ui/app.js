@@ -42,11 +42,22 @@ function maxDiff(a, b) {
   return a.length === b.length ? m : Infinity;
 }
 
-async function compare(name, metadata) {
+let nextSequence = 1;
+
+/** Stateful models (sequence_batching.state in their config) get the whole sequence in one request. */
+function sequenceOptions(config) {
+  if (!config?.sequence_batching?.state?.length) return {};
+  const id = `ui-${Date.now()}-${nextSequence++}`;
+  return { parameters: { sequence_id: id, sequence_start: true, sequence_end: true } };
+}
+
+async function compare(name, metadata, config) {
   const inputs = sampleInputs(metadata);
   const local = await runner.load(name);
   $('devices').textContent = `browser: onnxruntime-web (${local.device}), model from ${local.source}`;
-  const [server, browser] = await Promise.all([client.infer(name, inputs), local.infer(inputs)]);
+  const [server, browser] = await Promise.all([
+    client.infer(name, inputs, sequenceOptions(config)), local.infer(inputs, sequenceOptions(config)),
+  ]);
   const rows = server.outputs.map((out) => {
     const mine = browser.output(out.name);
     const comparable = out.datatype !== 'BYTES';
@@ -122,12 +133,12 @@ async function select(name) {
   $('model-name').textContent = name;
   $('sine').hidden = true;
   try {
-    const metadata = await client.modelMetadata(name);
+    const [metadata, config] = await Promise.all([client.modelMetadata(name), client.modelConfig(name)]);
     const io = (list) => list.map((t) => [t.name, t.datatype, `[${t.shape}]`]);
     fill($('inputs'), ['name', 'datatype', 'shape'], io(metadata.inputs));
     fill($('outputs'), ['name', 'datatype', 'shape'], io(metadata.outputs));
-    $('run').onclick = () => compare(name, metadata);
-    await compare(name, metadata);
+    $('run').onclick = () => compare(name, metadata, config);
+    await compare(name, metadata, config);
     const recurrent = await gates(name);
     if (name === 'sine_lstm' && recurrent) await sine(name, metadata);
     setStatus(`${name}: done`, 'done');

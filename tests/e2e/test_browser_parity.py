@@ -192,18 +192,30 @@ def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path:
              "data": sample(i["datatype"], shape, rng)}
             for i in meta["inputs"]
         ]
-        answer = httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs}, timeout=30)
+        # A stateful model gets its whole sequence in one request, from zero state (server and page alike).
+        state = httpx.get(f"{url}/v2/models/{name}/config").json().get("sequence_batching", {}).get("state", [])
+        parameters = {"sequence_id": len(models) + 1, "sequence_start": True, "sequence_end": True} if state else None
+        answer = httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": inputs, "parameters": parameters or {}},
+                            timeout=30)
         assert answer.status_code == 200, f"{name}: {answer.text}"
         reference[name] = {o["name"]: o for o in answer.json()["outputs"]}
         version = sorted(p.name for p in (browser_server.repository / name).iterdir() if p.name.isdigit())[-1]
-        job = {"name": name, "inputs": [job_tensor(t) for t in inputs]}
+        job: dict[str, Any] = {"name": name, "inputs": [job_tensor(t) for t in inputs]}
+        if parameters:
+            job["parameters"] = parameters
         probe = probe_model(browser_server.repository / name / version / "model.onnx")
         if probe:
+            batch = inputs[0]["shape"][0]
+            probe["extra_inputs"] = [
+                {"name": s["input_name"], "datatype": s["data_type"].removeprefix("TYPE_"),
+                 "shape": [batch, *s["dims"]], "data": [0] * (batch * int(np.prod(s["dims"])))}
+                for s in state
+            ]
             job["recurrent"] = probe
         models.append(job)
     shot_model = "sine_lstm" if "sine_lstm" in names else next((m["name"] for m in models if "recurrent" in m), names[0])
-    result = run_browser({"url": url, "models": models, "screenshot": {"model": shot_model, "path": str(tmp_path / "ui.png")}},
-                         tmp_path)
+    result = run_browser({"url": url, "models": models, "quickstart": "/ui/quickstart.html",
+                          "screenshot": {"model": shot_model, "path": str(tmp_path / "ui.png")}}, tmp_path)
     console = "\n".join(result["console"])
     foreign = [u for u in result["requests"] if not u.startswith(url + "/") and not u.startswith(("data:", "blob:"))]
     assert not foreign, f"the page fetched from elsewhere than our server: {foreign}"
@@ -242,7 +254,11 @@ def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path:
         if "recurrent" in next(m for m in models if m["name"] == name):
             assert got["gates"], f"{name}: recurrent model but no gate comparison ran"
     print("\nbrowser parity, max |diff| per model:\n" + "\n".join(report))
+    print(f"  seconds since the browser started: {result['seconds']}")
     assert not failures, "\n".join(failures) + "\n-- page console --\n" + console
+
+    diff = float(result["quickstart"].rsplit("=", 1)[1])
+    assert diff <= TOLERANCE, f"the README quick start page disagrees with the server: {result['quickstart']}"
 
     shot = result["screenshot"]
     assert shot["state"] == "done", f"/ui did not finish loading {shot_model}: {shot['text']}\n{console}"
@@ -265,3 +281,9 @@ def test_ui_is_cross_origin_isolated(browser_server: ServerProcess) -> None:
     for f in ("vendor/modelbridge.js", "vendor/ort-wasm-simd-threaded.jsep.mjs", "vendor/ort-wasm-simd-threaded.jsep.wasm"):
         answer = httpx.head(f"{browser_server.url}/ui/{f}")
         assert answer.status_code == 200, f
+
+
+def test_readme_quick_start_is_the_tested_page() -> None:
+    """clients/js/README.md shows server/ui/quickstart.html verbatim, the page the browser test runs."""
+    page = (ROOT / "server" / "ui" / "quickstart.html").read_text()
+    assert page in (JS / "README.md").read_text()

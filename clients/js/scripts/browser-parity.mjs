@@ -4,10 +4,10 @@
 // screenshot of /ui with a model loaded. Used by tests/e2e/test_browser_parity.py.
 //
 // Usage: node scripts/browser-parity.mjs JOB.json RESULT.json
-//   JOB: {url, models: [{name, inputs: [{name, datatype, shape, data}],
-//                        recurrent?: {onnx_b64, nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
+//   JOB: {url, models: [{name, inputs: [{name, datatype, shape, data}], parameters?,
+//                        recurrent?: {onnx_b64, extra_inputs? (state tensors), nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
 //         x / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
-//         screenshot?: {model, path}}
+//         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html'}
 //   64-bit integer data travels as strings.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -36,8 +36,10 @@ async function inPage(model) {
   const runner = mb.createLocalRunner(client);
   const inputs = model.inputs.map(revive);
   const local = await runner.load(model.name);
-  const server = await client.infer(model.name, inputs);
-  const browser = await local.infer(inputs);
+  // Stateful models: one whole sequence in one request (zero initial state on both sides).
+  const options = model.parameters ? { parameters: model.parameters } : {};
+  const server = await client.infer(model.name, inputs, options);
+  const browser = await local.infer(inputs, options);
   const result = {
     name: model.name, device: local.device, irDowngraded: runner.irDowngraded ?? null,
     server: server.outputs.map(plain), browser: browser.outputs.map(plain), gates: [],
@@ -47,12 +49,13 @@ async function inPage(model) {
     const bytes = Uint8Array.from(atob(model.recurrent.onnx_b64), (c) => c.charCodeAt(0));
     const [session] = await runner.createSession(bytes);
     const probe = new mb.LocalModel(mb.ort, session, { name: `${model.name}+probes` });
-    const run = await probe.infer(inputs);
+    const probeInputs = [...inputs, ...(model.recurrent.extra_inputs ?? []).map(revive)];
+    const run = await probe.infer(probeInputs);
     // A node's X or state is either computed in the graph (exposed as an output) or a known value.
     const value = (ref) => {
       if (ref === null) return undefined;
       if (ref.output) return run.output(ref.output);
-      if (ref.input) return inputs.find((t) => t.name === ref.input);
+      if (ref.input) return probeInputs.find((t) => t.name === ref.input);
       return { data: ref.values, shape: ref.shape };
     };
     const doc = await client.gates(model.name);
@@ -82,7 +85,9 @@ function inkOf() {
 }
 
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
-const out = { models: [], console: [], requests: [], screenshot: null };
+const out = { models: [], console: [], requests: [], screenshot: null, seconds: {} };
+const t0 = Date.now();
+const lap = (what) => { out.seconds[what] = (Date.now() - t0) / 1000; };
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   page.on('console', (m) => out.console.push(`${m.type()}: ${m.text()}`));
@@ -91,12 +96,20 @@ try {
   await page.goto(`${job.url}/ui/`);
   await page.waitForFunction(() => ['ready', 'done', 'error'].includes(document.getElementById('status').dataset.state));
   out.crossOriginIsolated = await page.evaluate(() => self.crossOriginIsolated);
+  lap('ui-open');
   for (const model of job.models) {
     try {
       out.models.push(await page.evaluate(inPage, model));
     } catch (err) {
       out.models.push({ name: model.name, error: String(err.message ?? err) });
     }
+    lap(model.name);
+  }
+  if (job.quickstart) {
+    await page.goto(`${job.url}${job.quickstart}`);
+    await page.waitForFunction(() => document.getElementById('out').textContent.includes('max |'), null, { timeout: 60000 });
+    out.quickstart = await page.evaluate(() => document.getElementById('out').textContent);
+    lap('quickstart');
   }
   if (job.screenshot) {
     await page.goto(`${job.url}/ui/?model=${encodeURIComponent(job.screenshot.model)}`);
@@ -109,6 +122,7 @@ try {
     }));
     await page.screenshot({ path: job.screenshot.path, fullPage: true });
     out.screenshot = { ...status, canvases: await page.evaluate(inkOf), path: job.screenshot.path };
+    lap('screenshot');
   }
 } finally {
   await browser.close();

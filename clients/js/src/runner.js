@@ -3,6 +3,7 @@
 import { datatypeInfo, v2FromOrtType } from './datatypes.js';
 import { fromStorage, prepareInput } from './tensors.js';
 import { makeResult } from './wire.js';
+import { ConnectionError } from './errors.js';
 import { ModelCache, fetchModelBytes } from './model-cache.js';
 import { unsupportedIrVersion, withIrVersion } from './onnx-ir.js';
 
@@ -35,9 +36,15 @@ function fromOrtTensor(name, tensor) {
   return { name, datatype, shape: Array.from(tensor.dims, Number), ...fromStorage(datatype, storage) };
 }
 
+const TYPE_TO_V2 = (t) => (t === 'TYPE_STRING' ? 'BYTES' : String(t).replace(/^TYPE_/, ''));
+
 /** One model loaded into an onnxruntime-web InferenceSession. */
 export class LocalModel {
-  constructor(ort, session, { name, version, etag, device, source }) {
+  /**
+   * @param {object} info name, version, etag, device, source; `state`: the model config's
+   *   sequence_batching.state ([{input_name, output_name, data_type, dims}]) for stateful models.
+   */
+  constructor(ort, session, { name, version, etag, device, source, state = [] }) {
     this.ort = ort;
     this.session = session;
     this.name = name;
@@ -45,20 +52,51 @@ export class LocalModel {
     this.etag = etag;
     this.device = device;
     this.source = source;
+    this.state = state;
+    this.sequences = new Map(); // sequence_id -> {input name -> state tensor}, like the server keeps them
     this.inputNames = [...session.inputNames];
     this.outputNames = [...session.outputNames];
   }
 
+  zeroState(batch) {
+    return Object.fromEntries(this.state.map((s) => {
+      const datatype = TYPE_TO_V2(s.data_type);
+      const shape = [batch, ...s.dims.map(Number)];
+      const count = shape.reduce((a, b) => a * b, 1);
+      return [s.input_name, new this.ort.Tensor(datatypeInfo(datatype).ort, new (datatypeInfo(datatype).array)(count), shape)];
+    }));
+  }
+
+  /** The state tensors for this request, following the V2 sequence parameters. */
+  stateFeeds(parameters, batch) {
+    const id = parameters?.sequence_id;
+    if (id === undefined || id === 0 || id === '') return this.zeroState(batch); // one-shot: the whole sequence
+    if (parameters.sequence_start) return this.zeroState(batch);
+    const kept = this.sequences.get(id);
+    if (!kept) throw new RangeError(`sequence ${JSON.stringify(id)} of '${this.name}' is not running: start it with sequence_start`);
+    return kept;
+  }
+
   /** Same signature and result shape as InferenceClient.infer (minus the transport options). */
-  async infer(inputs, { outputs = undefined, id = undefined } = {}) {
+  async infer(inputs, { outputs = undefined, id = undefined, parameters = undefined } = {}) {
     if (!Array.isArray(inputs) || inputs.length === 0) throw new TypeError('infer needs a non-empty array of inputs');
     const feeds = Object.fromEntries(inputs.map((t) => toOrtTensor(this.ort, t)));
+    const stateful = this.state.length > 0 && this.state.some((s) => !(s.input_name in feeds));
+    if (stateful) Object.assign(feeds, this.stateFeeds(parameters, feeds[inputs[0].name].dims[0]));
     for (const n of this.inputNames) if (!(n in feeds)) throw new TypeError(`model '${this.name}' needs input '${n}'`);
-    const wanted = outputs === undefined ? this.outputNames : outputs.map((o) => (typeof o === 'string' ? o : o.name));
+    const stateOutputs = stateful ? this.state.map((s) => s.output_name) : [];
+    const wanted = outputs === undefined
+      ? this.outputNames.filter((n) => !stateOutputs.includes(n))
+      : outputs.map((o) => (typeof o === 'string' ? o : o.name));
     for (const n of wanted) {
       if (!this.outputNames.includes(n)) throw new RangeError(`model '${this.name}' has no output '${n}' (has ${this.outputNames.join(', ')})`);
     }
-    const results = await this.session.run(feeds, wanted);
+    const results = await this.session.run(feeds, [...new Set([...wanted, ...stateOutputs])]);
+    const seq = parameters?.sequence_id;
+    if (stateful && seq !== undefined && seq !== 0 && seq !== '') {
+      if (parameters.sequence_end) this.sequences.delete(seq);
+      else this.sequences.set(seq, Object.fromEntries(this.state.map((s) => [s.input_name, results[s.output_name]])));
+    }
     return makeResult({
       modelName: this.name,
       modelVersion: this.version ?? '',
@@ -133,7 +171,13 @@ export class LocalRunner {
     const previous = this.loaded.get(key);
     if (previous && previous.etag === etag) return previous;
     const [session, device] = await this.createSession(bytes);
-    const local = new LocalModel(await this.ort(), session, { name: model, version, etag, device, source });
+    // Stateful models declare their state tensors in the config (Triton's sequence_batching.state).
+    const config = await this.client.modelConfig(model, { version }).catch((err) => {
+      if (err instanceof ConnectionError) return null; // offline with a cached model: no state info
+      throw err;
+    });
+    const state = config?.sequence_batching?.state ?? [];
+    const local = new LocalModel(await this.ort(), session, { name: model, version, etag, device, source, state });
     this.loaded.set(key, local);
     if (previous) await previous.release();
     return local;

@@ -157,3 +157,31 @@ test('statistics count the inferences made', async () => {
   const all = await client.modelStatistics();
   assert.ok(all.model_stats.length >= 3);
 });
+
+test('a stateful model streams step by step, on the server and in the local runner, like one whole request', async (t) => {
+  const index = await client.repositoryIndex();
+  if (!index.some((m) => m.name === 'lstm_stream')) return t.skip('no lstm_stream in the example repository');
+  const steps = 5;
+  const x = range(steps * 2, (k) => Math.sin(k * 0.9));
+  const step = (k) => [{ name: 'x', datatype: 'FP32', shape: [1, 1, 2], data: x.slice(2 * k, 2 * k + 2) }];
+  const whole = [{ name: 'x', datatype: 'FP32', shape: [1, steps, 2], data: x }];
+  const once = { parameters: { sequence_id: 4242, sequence_start: true, sequence_end: true } };
+  const serverWhole = (await client.infer('lstm_stream', whole, once)).output('y').data;
+  const local = await new LocalRunner(client, { ort }).load('lstm_stream');
+  assert.deepEqual(local.outputNames.length > local.state.length, true);
+  const localWhole = (await local.infer(whole, once)).output('y').data;
+  assert.ok(maxAbsDiff(serverWhole, localWhole) < 1e-5);
+  for (const [name, infer] of [['server', (i, o) => client.infer('lstm_stream', i, o)], ['local', (i, o) => local.infer(i, o)]]) {
+    const seq = name === 'server' ? 777 : 'browser-seq';
+    const ys = [];
+    for (let k = 0; k < steps; k++) {
+      const parameters = { sequence_id: seq, sequence_start: k === 0, sequence_end: k === steps - 1 };
+      const r = await infer(step(k), { parameters });
+      assert.deepEqual(r.outputs.map((o) => o.name), ['y'], 'state outputs stay hidden');
+      ys.push(...r.output('y').data);
+    }
+    const diff = maxAbsDiff(ys, serverWhole);
+    assert.ok(diff < 1e-5, `${name}: step by step vs whole sequence ${diff}`);
+  }
+  await assert.rejects(local.infer(step(0), { parameters: { sequence_id: 'never-started' } }), /not running: start it with sequence_start/);
+});

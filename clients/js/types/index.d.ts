@@ -1,0 +1,203 @@
+// Types of @modelbridge/client (hand-written; the sources are plain ESM JavaScript).
+
+export type Datatype =
+  | 'BOOL' | 'UINT8' | 'UINT16' | 'UINT32' | 'UINT64' | 'INT8' | 'INT16' | 'INT32' | 'INT64'
+  | 'FP16' | 'BF16' | 'FP32' | 'FP64' | 'BYTES';
+
+type NestedArray<T> = T[] | NestedArray<T>[];
+
+/** What infer accepts: data flat or nested, row-major. */
+export interface InputTensor {
+  name: string;
+  datatype: Datatype;
+  shape: number[];
+  /** numbers (or a typed array); bigint for INT64/UINT64; booleans for BOOL; strings or Uint8Array for BYTES;
+   *  FP16/BF16 as numbers, or their raw bits as a Uint16Array. */
+  data: ArrayLike<number> | ArrayLike<bigint> | NestedArray<number | bigint | boolean | string | Uint8Array>;
+  parameters?: Record<string, unknown>;
+}
+
+/** What infer returns. BOOL → Uint8Array of 0/1; FP16/BF16 → Float32Array (bits in `raw`); BYTES → Uint8Array[]. */
+export interface OutputTensor {
+  name: string;
+  datatype: Datatype;
+  shape: number[];
+  data: Int8Array | Uint8Array | Int16Array | Uint16Array | Int32Array | Uint32Array | BigInt64Array | BigUint64Array
+    | Float32Array | Float64Array | Uint8Array[];
+  raw?: Uint16Array;
+  parameters?: Record<string, unknown>;
+}
+
+export interface InferResult {
+  modelName: string;
+  modelVersion: string;
+  id?: string;
+  parameters?: Record<string, unknown>;
+  outputs: OutputTensor[];
+  /** The output named `name`; throws RangeError if there is none. */
+  output(name: string): OutputTensor;
+}
+
+export type RequestedOutput = string | { name: string; parameters?: Record<string, unknown> };
+
+export interface InferOptions {
+  version?: string | number;
+  outputs?: RequestedOutput[];
+  id?: string;
+  parameters?: Record<string, unknown>;
+  /** Binary tensor data extension (default true); false sends and receives JSON. */
+  binary?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface VersionOption { version?: string | number }
+
+export interface TensorMetadata { name: string; datatype: Datatype; shape: number[] }
+export interface ModelMetadata { name: string; versions: string[]; platform: string; inputs: TensorMetadata[]; outputs: TensorMetadata[] }
+export interface ServerMetadata { name: string; version: string; extensions: string[] }
+export interface RepositoryEntry { name: string; version?: string; state?: string; reason?: string }
+export interface ModelDownload { bytes: Uint8Array | null; etag: string | null; notModified: boolean }
+
+export interface GateMatrices { W: number[][]; R: number[][]; Wb: number[]; Rb: number[]; source_gate?: string | null }
+export interface GatesDirection {
+  direction: 'forward' | 'reverse';
+  gates: Record<string, GateMatrices>;
+  peepholes?: { i: number[]; o: number[]; f: number[] };
+}
+export interface GatesNode {
+  node: string;
+  op: 'LSTM' | 'GRU' | 'RNN';
+  hidden_size: number;
+  input_size: number;
+  activations?: string[];
+  activation_alpha?: number[] | null;
+  activation_beta?: number[] | null;
+  clip?: number | null;
+  linear_before_reset?: number;
+  input_forget?: number;
+  directions: GatesDirection[];
+  source?: Record<string, unknown> | null;
+}
+export interface GatesDocument { nodes: GatesNode[] }
+
+export class ModelBridgeError extends Error {
+  status: number;
+  url?: string;
+}
+export class ServerError extends ModelBridgeError {
+  serverMessage: string;
+  body: unknown;
+}
+export class ConnectionError extends ModelBridgeError {}
+
+export interface ClientOptions {
+  /** e.g. "http://127.0.0.1:8000"; defaults to the page's origin in a browser. */
+  baseUrl?: string;
+  fetch?: typeof fetch;
+  headers?: Record<string, string>;
+  timeoutMs?: number;
+}
+
+export class InferenceClient {
+  constructor(options?: ClientOptions);
+  readonly baseUrl: string;
+  live(): Promise<boolean>;
+  ready(): Promise<boolean>;
+  modelReady(model: string, options?: VersionOption): Promise<boolean>;
+  serverMetadata(): Promise<ServerMetadata>;
+  modelMetadata(model: string, options?: VersionOption): Promise<ModelMetadata>;
+  modelConfig(model: string, options?: VersionOption): Promise<Record<string, any>>;
+  modelStatistics(model?: string, options?: VersionOption): Promise<{ model_stats: Record<string, any>[] }>;
+  repositoryIndex(options?: { ready?: boolean }): Promise<RepositoryEntry[]>;
+  gates(model: string, options?: VersionOption): Promise<GatesDocument>;
+  downloadModel(model: string, options?: VersionOption & { etag?: string }): Promise<ModelDownload>;
+  infer(model: string, inputs: InputTensor[], options?: InferOptions): Promise<InferResult>;
+}
+
+export class ModelCache {
+  constructor(options?: { cacheName?: string; persistent?: boolean });
+  get(key: string): Promise<{ etag: string | null; bytes: Uint8Array } | undefined>;
+  put(key: string, etag: string | null, bytes: Uint8Array): Promise<void>;
+}
+
+export function fetchModelBytes(client: InferenceClient, cache: ModelCache, model: string, options?: VersionOption):
+  Promise<{ bytes: Uint8Array; etag: string | null; source: 'network' | 'cache' | 'offline-cache' }>;
+
+export type Device = 'wasm' | 'webgpu' | 'auto';
+
+export interface RunnerOptions {
+  /** The onnxruntime-web module; imported on first use when omitted. */
+  ort?: any;
+  device?: Device;
+  cache?: ModelCache;
+  sessionOptions?: Record<string, unknown>;
+  lowerIrVersion?: boolean;
+}
+
+export class LocalModel {
+  readonly name: string;
+  readonly version?: string | number;
+  readonly etag?: string | null;
+  readonly device: 'wasm' | 'webgpu';
+  readonly source: 'network' | 'cache' | 'offline-cache';
+  readonly inputNames: string[];
+  readonly outputNames: string[];
+  constructor(ort: any, session: any, info: { name: string; version?: string | number; etag?: string | null; device?: string; source?: string });
+  infer(inputs: InputTensor[], options?: { outputs?: RequestedOutput[]; id?: string }): Promise<InferResult>;
+  release(): Promise<void>;
+}
+
+export class LocalRunner {
+  constructor(client: InferenceClient, options?: RunnerOptions);
+  /** Set when a model's IR version was lowered to what onnxruntime-web supports. */
+  irDowngraded?: { found: number; max: number };
+  load(model: string, options?: VersionOption): Promise<LocalModel>;
+  createSession(bytes: Uint8Array): Promise<[any, 'wasm' | 'webgpu']>;
+}
+
+export interface ModelHandle {
+  readonly name: string;
+  readonly version?: string | number;
+  readonly local: boolean;
+  metadata(): Promise<ModelMetadata>;
+  gates(): Promise<GatesDocument>;
+  infer(inputs: InputTensor[], options?: InferOptions): Promise<InferResult>;
+}
+
+/** One flag between the server (local: false) and onnxruntime-web in this process (local: true). */
+export function openModel(client: InferenceClient, name: string,
+  options?: VersionOption & { local?: boolean; runner?: LocalRunner }): ModelHandle;
+
+export interface RecurrentResult {
+  /** [seq, directions, batch, hidden] */
+  Y: Float32Array;
+  /** [directions, batch, hidden] */
+  Y_h: Float32Array;
+  /** LSTM only: [directions, batch, hidden] */
+  Y_c?: Float32Array;
+  dims: { Y: number[]; Y_h: number[] };
+}
+export interface RecurrentShape {
+  seqLength: number;
+  batchSize?: number;
+  /** flat [directions, batch, hidden]; zeros when omitted */
+  initialH?: ArrayLike<number>;
+  initialC?: ArrayLike<number>;
+}
+/** x is flat [seqLength, batchSize, input_size] (ONNX layout 0). */
+export function runRecurrentNode(node: GatesNode, x: ArrayLike<number>, shape: RecurrentShape): RecurrentResult;
+export function runGates(gates: GatesDocument, x: ArrayLike<number>, options: RecurrentShape & { node?: number | string }): RecurrentResult;
+
+export function bytesToStrings(items: Uint8Array[]): string[];
+export function encodeInferRequest(inputs: InputTensor[], options?: Omit<InferOptions, 'version' | 'signal'>):
+  { body: Uint8Array; headers: Record<string, string> };
+export function decodeInferResponse(bytes: Uint8Array, headerLength: string | number | null): InferResult;
+export function floatToHalfBits(value: number): number;
+export function halfBitsToFloat(bits: number): number;
+export function floatToBf16Bits(value: number): number;
+export function bf16BitsToFloat(bits: number): number;
+export const DATATYPES: Record<Datatype, { array: any; size: number; ort: string | null }>;
+
+/** Only in the browser bundle (server/ui/vendor/modelbridge.js, or the "./browser" export). */
+export const ort: any;
+export function createLocalRunner(client: InferenceClient, options?: RunnerOptions): LocalRunner;
