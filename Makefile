@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test venv js browser zoo lint clean
+.PHONY: serve test venv js browser zoo lint clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,7 @@ serve: $(STAMP)
 # docker-compose to validate the compose file.
 browser:
 	@command -v chromium >/dev/null && dpkg -s libb64-0d docker-compose >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libb64-0d docker-compose >/dev/null)
+	  (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium libb64-0d docker-compose >/dev/null)
 
 js:
 	@if [ -f clients/js/package.json ]; then cd clients/js && npm install --no-audit --no-fund --loglevel=error; fi
@@ -30,6 +30,10 @@ js:
 test: $(STAMP) browser js
 	$(VENV)/bin/pytest -q tests
 	@if [ -f clients/js/package.json ]; then cd clients/js && npm run --if-present test; fi
+
+# Speed lives here, not in tests: MLServer vs modelbridge on the same pinned core (see BENCHMARKS.md).
+bench: $(STAMP)
+	bash bench/run.sh
 
 zoo: $(STAMP)
 	$(PY) examples/build_zoo.py

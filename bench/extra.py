@@ -1,0 +1,49 @@
+"""The targets the shared harness does not measure: dynamic batching at concurrency 32, time to ready,
+and RSS across 200k requests. Server on CPU 0, load on CPU 1, as in the harness.
+
+usage: .venv/bin/python bench/extra.py [--requests 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import h2load, layout, rss_kib, start_server, stop, wrk
+
+BATCHING = "max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 500 }\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--secs", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        repo = layout(work, {"lstm": BATCHING})
+        proc, ready = start_server(repo, 18290, 18291)
+        print(f"time to ready (example-sized repository of 2 models): {ready:.2f} s")
+        try:
+            for c in (8, 32):
+                r = wrk("http://127.0.0.1:18290/v2/models/lstm/infer", work / "lstm.json", conns=c, secs=args.secs)
+                print(f"lstm + dynamic batching, REST c={c}: {r['rps']:.0f} sequences/s (non200={r['non200']})")
+            g = h2load("http://127.0.0.1:18291/inference.GRPCInferenceService/ModelInfer", work / "lstm.grpc",
+                       streams=32, secs=args.secs)
+            print(f"lstm + dynamic batching, gRPC 32 streams: {g['rps']:.0f} sequences/s")
+            wrk("http://127.0.0.1:18290/v2/models/mlp/infer", work / "mlp.json", conns=8, secs=3)
+            before = rss_kib(proc.pid)
+            done = 0
+            while done < args.requests:
+                done += wrk("http://127.0.0.1:18290/v2/models/mlp/infer", work / "mlp.json", conns=8,
+                            secs=5)["requests"]
+            after = rss_kib(proc.pid)
+            print(f"RSS across {done} mlp requests: {before} KiB -> {after} KiB "
+                  f"({(after - before) / before * 100:+.1f} %)")
+        finally:
+            stop(proc)
+
+
+if __name__ == "__main__":
+    main()
