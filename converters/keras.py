@@ -11,6 +11,7 @@ without recurrent layers that use a layer we do not emit fall back to tf2onnx ``
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from converters.parity import DEFAULT_ATOL
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 
+SOURCE_KEY = "modelbridge.source"
 IR_VERSION = 10  # node-level metadata_props need IR 10; onnxruntime-web 1.30 reads it
 
 
@@ -204,4 +206,8 @@ def convert(
     feeds = parity_check.random_feeds([spec], seed=0, dynamic=3)
     expected = run_keras(model, feeds[spec.name])
     report = parity_check.check(proto, feeds, [expected], atol=atol, origin="random")
+    module = importlib.import_module("tf_keras" if flavour == "tf-keras" else "keras")
+    parity_check.set_metadata(proto.metadata_props, SOURCE_KEY, json.dumps({
+        "framework": flavour, "version": module.__version__,
+        "exporter": "modelbridge keras layer builder" if builder.nodes else "tf2onnx from_function"}))
     return ConversionResult(proto, report, annotations)

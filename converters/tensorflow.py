@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -90,6 +91,7 @@ def convert(
         else:
             proto = _graph_to_onnx(loaded, opset=opset)
     rename_io(proto)
+    proto.ir_version = max(proto.ir_version, 10)  # node-level metadata_props (the annotations) need IR 10
     annotations = annotate_fused(proto, loaded)
     refuse_loops(proto, loaded)
     say("verifying")
@@ -99,6 +101,13 @@ def convert(
     else:
         expected = _run_graph(loaded, feeds)
     report = parity_check.check(proto, feeds, expected, atol=atol, origin="random")
+    import tensorflow as tf
+    import tf2onnx
+
+    parity_check.set_metadata(proto.metadata_props, "modelbridge.source", json.dumps({
+        "framework": "tensorflow", "version": tf.__version__, "source": loaded.origin,
+        "exporter": f"tf2onnx {tf2onnx.__version__} (" + ("from_function" if loaded.function is not None
+                                                          else "process_tf_graph, no grappler") + ")"}))
     return ConversionResult(proto, report, annotations)
 
 

@@ -47,6 +47,11 @@ def rename_io(model: onnx.ModelProto) -> None:
         if plain != value.name and plain not in taken:
             renames[value.name] = plain
             taken.add(plain)
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        # tf2onnx calls an unknown leading dimension "unk__N"; it is the batch for every TF model we take.
+        if dims and dims[0].dim_param.startswith("unk__"):
+            dims[0].dim_param = "batch"
     if not renames:
         return
     for value in list(graph.input) + list(graph.output):
@@ -96,6 +101,9 @@ def annotate_fused(model: onnx.ModelProto, loaded: Loaded) -> list[dict[str, Any
             gates = GATE_ORDERS[node.op_type]
             match = CellMatch(node.name, {}, gates, {g: g for g in gates}, {},
                               "source variables not identified by value; gate order is ONNX's own")
+        taken = {other.name for other in model.graph.node}
+        if match.variables and f"{match.layer}/{node.op_type}" not in taken:
+            node.name = f"{match.layer}/{node.op_type}"  # "rnn/basic_lstm_cell/LSTM" beats "rnn/_LSTM__28"
         entries.append(annotate_recurrent_node(
             model, node, framework="tensorflow", layer=match.layer, variables=match.variables,
             source_gate_order=match.source_gate_order, gate_map=match.gate_map, folded=match.folded,

@@ -123,3 +123,19 @@ def test_garbage_pb_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\x08\x96\x01 definitely not a graph")
     with pytest.raises(UnsupportedSourceError, match="broken.pb"):
         tf_converter.convert(path, opset=17)
+
+
+def test_zoo_checkpoint_converts_to_the_committed_model() -> None:
+    """examples/tf_basic_lstm keeps its TF1 checkpoint; converting it again gives the committed ONNX gates."""
+    import onnx
+
+    from converters import tensorflow as tf_converter
+
+    root = Path(__file__).resolve().parents[2]
+    result = tf_converter.convert(root / "examples/tf_basic_lstm/checkpoint/model.meta", outputs=["prediction"],
+                                  opset=17)
+    committed = onnx.load(root / "server/examples/repository/tf_basic_lstm/1/model.onnx")
+    assert gates.split_gates(result.model) == gates.split_gates(committed)
+    (entry,) = result.annotations
+    assert entry["source"]["variables"] == {"kernel": "rnn/basic_lstm_cell/kernel", "bias": "rnn/basic_lstm_cell/bias"}
+    assert entry["source"]["folded"] == {"forget_bias": 1.0}
