@@ -90,6 +90,8 @@ async def serve(settings: Settings) -> None:
              settings.grpc_port or "off", settings.metrics_port or "off")
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down: no new connections; draining in-flight requests (up to %ss)",
+             settings.shutdown_grace_secs)
     for task in done:
         if task is not waiter and task.exception():
             log.error("a server failed: %s", task.exception())

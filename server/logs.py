@@ -72,3 +72,10 @@ def log_request(
         model, version or "latest", rid, status, ms, detail,
         extra={"request_id": rid, "model": model, "model_version": version, "status": status, "duration_ms": ms},
     )
+
+
+def log_start(*, rid: str, model: str, version: str) -> None:
+    """At DEBUG: the request reached the core (it was accepted); pairs with log_request's line."""
+    if request_log.isEnabledFor(logging.DEBUG):
+        request_log.debug("infer start model=%s version=%s request_id=%s", model, version or "latest", rid,
+                          extra={"request_id": rid, "model": model, "model_version": version, "status": "start"})

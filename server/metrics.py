@@ -43,7 +43,6 @@ def render(service: InferenceService) -> str:
     lines.append("# HELP nv_inference_sequence_live_count Instantaneous number of live sequences")
     lines.append("# TYPE nv_inference_sequence_live_count gauge")
     for mv in versions:
-        # Hook: stays 0 until a sequence batcher keeps `live_sequences` on the version's stats.
-        live = getattr(mv.stats, "live_sequences", 0)
+        live = service.sequences.count(mv.name, mv.version)
         lines.append(f'nv_inference_sequence_live_count{{model="{mv.name}",version="{mv.version}"}} {live}')
     return "\n".join(lines) + "\n"

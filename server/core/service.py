@@ -117,6 +117,7 @@ class InferenceService:
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
         start, rid = time.perf_counter_ns(), logs.request_id(req.id)
+        logs.log_start(rid=rid, model=req.model_name, version=req.model_version)
         try:
             resp = await self._infer(req)
         except ModelBridgeError as exc:

@@ -9,6 +9,8 @@ import orjson
 
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 LABEL = re.compile(r'(\w+)="([^"]*)"')
+# Model control requests are administration; these tests run without API keys.
+OPEN_ADMIN = {"MODELBRIDGE_ALLOW_UNAUTHENTICATED_ADMIN": "1"}
 
 
 def add_sub_body(batch: int = 1, *, rid: str | None = None, width: int = 16) -> dict:

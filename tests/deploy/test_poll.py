@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.deploy.helpers import add_sub_body, add_sub_ok
+from tests.deploy.helpers import OPEN_ADMIN, add_sub_body, add_sub_ok
 from tests.support import ServerProcess, copy_repository
 
 
@@ -52,7 +52,8 @@ def wait_for(cond, what: str, timeout: float = 15.0) -> None:
 
 def test_poll_mode_picks_up_and_drops_versions_under_load(tmp_path: Path) -> None:
     repo = copy_repository(tmp_path / "repo", ["add_sub"])
-    server = ServerProcess(repo, extra_args=["--model-control-mode", "poll", "--repository-poll-secs", "0.2"])
+    server = ServerProcess(repo, extra_args=["--model-control-mode", "poll", "--repository-poll-secs", "0.2"],
+                           env=OPEN_ADMIN)
     server.start()
     load = [Load(server.url) for _ in range(2)]
     try:
@@ -99,7 +100,7 @@ def test_poll_mode_picks_up_and_drops_versions_under_load(tmp_path: Path) -> Non
 
 def test_none_mode_refuses_model_control_requests(tmp_path: Path) -> None:
     server = ServerProcess(copy_repository(tmp_path / "repo", ["add_sub"]),
-                           extra_args=["--model-control-mode", "none"]).start()
+                           extra_args=["--model-control-mode", "none"], env=OPEN_ADMIN).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             for action in ("load", "unload"):
