@@ -60,6 +60,8 @@ def train() -> None:
         mse = session.run(loss, {sequence: x, target: y})
         CHECKPOINT.mkdir(exist_ok=True)
         tf.compat.v1.train.Saver().save(session, str(CHECKPOINT / "model"))
+    # The Saver records absolute paths; relative ones keep the committed checkpoint usable in any clone.
+    (CHECKPOINT / "checkpoint").write_text('model_checkpoint_path: "model"\nall_model_checkpoint_paths: "model"\n')
     (CHECKPOINT / "mse.txt").write_text(f"{mse:.2e}\n")
     print(f"tf_basic_lstm: held-out MSE {mse:.2e}")
 

@@ -132,8 +132,8 @@ def test_zoo_checkpoint_converts_to_the_committed_model() -> None:
     from converters import tensorflow as tf_converter
 
     root = Path(__file__).resolve().parents[2]
-    result = tf_converter.convert(root / "examples/tf_basic_lstm/checkpoint/model.meta", outputs=["prediction"],
-                                  opset=17)
+    # The directory form finds the checkpoint through its (relative) "checkpoint" state file.
+    result = tf_converter.convert(root / "examples/tf_basic_lstm/checkpoint", outputs=["prediction"], opset=17)
     committed = onnx.load(root / "server/examples/repository/tf_basic_lstm/1/model.onnx")
     assert gates.split_gates(result.model) == gates.split_gates(committed)
     (entry,) = result.annotations
