@@ -9,9 +9,9 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as triton_config
 
-from tests.support import ServerProcess
+from tests.support import EXAMPLES, ServerProcess
 
-MODELS = ["add_sub", "identity_types", "lstm_tiny"]
+MODELS = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
 
 
 def test_server_live_ready_and_metadata(client: grpcclient.InferenceServerClient, server: ServerProcess) -> None:
@@ -50,6 +50,14 @@ def test_model_config_matches_rest(client: grpcclient.InferenceServerClient, ser
     """The gRPC config, decoded with Triton's own ModelConfig message, equals the REST JSON config."""
     got = client.get_model_config(model).config
     rest = httpx.get(f"{server.url}/v2/models/{model}/config").json()
+    if "sequence_batching" in rest and "dynamic_batching" in rest:
+        # Triton's ModelConfig has one scheduler: a batched sequence model says so with the Oldest strategy.
+        dynamic = rest.pop("dynamic_batching")
+        assert got.WhichOneof("scheduling_choice") == "sequence_batching"
+        oldest = got.sequence_batching.oldest
+        assert oldest.max_queue_delay_microseconds == dynamic.get("max_queue_delay_microseconds", 0)
+        assert list(oldest.preferred_batch_size) == dynamic.get("preferred_batch_size", [])
+        got.sequence_batching.ClearField("oldest")
     expected = json_format.ParseDict(rest, triton_config.ModelConfig(), ignore_unknown_fields=True)
     assert got == expected
     assert got.name == model and got.platform == "onnxruntime_onnx" and got.backend == "onnxruntime"
@@ -74,7 +82,7 @@ def test_repository_index(client: grpcclient.InferenceServerClient, server: Serv
     assert [(m["name"], m.get("version", ""), m["state"]) for m in index] == [
         (m["name"], m.get("version", ""), m["state"]) for m in rest
     ]
-    assert {m["name"] for m in index} >= set(MODELS)
+    assert {m["name"] for m in index} == set(MODELS)
     assert all(m["state"] == "READY" for m in client.get_model_repository_index(as_json=True)["models"])
 
 

@@ -19,7 +19,9 @@ ALL_TYPES = [f"--shape=IN_{d}:3" for d in ("BOOL", "UINT8", "UINT16", "UINT32", 
 CASES = {
     "add_sub-grpc": ("add_sub", "grpc", ["--concurrency-range", "2"]),
     "add_sub-http": ("add_sub", "http", ["--concurrency-range", "2"]),
-    "lstm-grpc-streaming": ("lstm_tiny", "grpc", ["--shape", "x:5,2", "--streaming"]),
+    # A stateful model: perf_analyzer runs sequences (sequence_id/start/end), here over one stream.
+    "lstm_stream-grpc-streaming": ("lstm_stream", "grpc", ["--shape", "x:1,2", "--streaming", "--concurrency-range", "2"]),
+    "lstm_stream-http": ("lstm_stream", "http", ["--shape", "x:1,2"]),
     # perf_analyzer's random BOOL bytes are not 0/1, which the core refuses: zeros instead.
     "identity_types-grpc": ("identity_types", "grpc", [*ALL_TYPES, "-b", "2", "--input-data", "zero"]),
 }
