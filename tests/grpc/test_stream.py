@@ -64,3 +64,30 @@ def test_stream_of_lstm_requests(server: ServerProcess) -> None:
         np.testing.assert_array_equal(result.as_numpy("y"), expected)
         assert result.as_numpy("y").shape == (1, x.shape[1], 4)
     unary.close()
+
+
+def test_stream_a_stateful_lstm_step_by_step(server: ServerProcess) -> None:
+    """The natural use of the stream: feed a recurrent model one time step per message; the server
+    carries the state (sequence_id); the steps equal the whole sequence run at once."""
+    import onnxruntime as ort
+
+    from tests.support import EXAMPLES
+
+    x = np.random.default_rng(21).standard_normal((1, 7, 2)).astype(np.float32)
+    whole = ort.InferenceSession(str(EXAMPLES / "lstm_tiny" / "1" / "model.onnx"),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for t in range(7):
+            client.async_stream_infer("lstm_stream", [make_input("x", "FP32", x[:, t:t + 1])], request_id=f"t{t}",
+                                      sequence_id=4242, sequence_start=t == 0, sequence_end=t == 6)
+        got = [results.get(timeout=30) for _ in range(7)]
+    finally:
+        client.stop_stream()
+        client.close()
+    assert [e for _, e in got] == [None] * 7
+    assert [r.get_response().id for r, _ in got] == [f"t{t}" for t in range(7)]
+    steps = np.concatenate([r.as_numpy("y") for r, _ in got], axis=1)
+    np.testing.assert_allclose(steps, whole, atol=1e-5)
