@@ -2,7 +2,7 @@
 // in this page (onnxruntime-web) side by side, the sine example, per-gate weight heatmaps.
 import { InferenceClient, createLocalRunner } from './vendor/modelbridge.js';
 import { drawLines, heatmap, maxAbs } from './plots.js';
-import { sampleInputs, sineWindow } from './samples.js';
+import { sampleInputs, sineSeries, windowShape } from './samples.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -74,9 +74,12 @@ async function compare(name, metadata, config) {
 
 async function sine(name, metadata) {
   const input = metadata.inputs[0];
-  const { shape, history } = sineWindow(input);
-  const steps = 24;
+  const shape = windowShape(input);
+  const [known, steps] = [60, 40];
+  const truth = sineSeries(known + steps);
+  const history = truth.slice(0, known);
   const local = await runner.load(name);
+  // Autoregressive: each prediction is appended to the window that predicts the next one.
   const predict = async (infer) => {
     const window = [...history];
     const out = [];
@@ -90,14 +93,15 @@ async function sine(name, metadata) {
   };
   const server = await predict((x) => client.infer(name, x));
   const browser = await predict((x) => local.infer(x));
-  const n = history.length;
   drawLines($('sine-plot'), [
-    { color: '#889', points: history.map((y, k) => [k, y]) },
-    { color: '#2f6fde', width: 3, points: server.map((y, k) => [n + k, y]) },
-    { color: '#f29900', dash: [6, 4], points: browser.map((y, k) => [n + k, y]) },
+    { color: '#c8cad6', dash: [2, 4], points: truth.map((y, k) => [k, y]) },
+    { color: '#667', points: history.map((y, k) => [k, y]) },
+    { color: '#2f6fde', width: 3, points: server.map((y, k) => [known + k, y]) },
+    { color: '#f29900', dash: [6, 4], points: browser.map((y, k) => [known + k, y]) },
   ]);
   const diff = maxDiff(server, browser);
-  $('sine-legend').textContent = `grey: history · blue: server · orange dashed: browser — max |diff| ${diff.toExponential(2)} over ${steps} steps`;
+  $('sine-legend').textContent = `grey: history (dotted: the true sine) · blue: server · orange dashed: browser — `
+    + `${steps} steps, each fed back; max |server − browser| ${diff.toExponential(2)}`;
   state.sine = { model: name, maxDiff: diff, steps };
   $('sine').hidden = false;
 }
@@ -148,10 +152,14 @@ async function select(name) {
   }
 }
 
+/** The loaded models, from the statistics: the repository index is an administration call needing a key. */
+async function modelNames() {
+  return (await client.modelStatistics()).model_stats.map((m) => m.name);
+}
+
 async function main() {
   $('server').textContent = client.baseUrl;
-  const index = await client.repositoryIndex({ ready: true });
-  state.models = [...new Set(index.map((m) => m.name))];
+  state.models = [...new Set(await modelNames())].sort();
   $('models').replaceChildren(...state.models.map((name) => {
     const li = document.createElement('li');
     const b = document.createElement('button');

@@ -26,10 +26,13 @@ export function sampleInputs(metadata) {
   });
 }
 
-/** A sine window shaped for a model taking [batch, steps(, 1)] floats. */
-export function sineWindow(input, { start = 0, step = 0.25, length = 32 } = {}) {
-  const steps = input.shape[1] > 0 ? input.shape[1] : length;
-  const shape = [1, steps, ...input.shape.slice(2).map((d) => (d > 0 ? d : 1))];
-  const history = Array.from({ length: steps }, (_, k) => Math.sin((start + k) * step));
-  return { shape, history };
+/** Samples of a sine shaped like the sine_lstm example's training data (0.1 rad apart). */
+export function sineSeries(count, { step = 0.1, amplitude = 0.9 } = {}) {
+  return Array.from({ length: count }, (_, k) => amplitude * Math.sin(k * step));
+}
+
+/** The model's window length and the shape of one window for an input of [batch, steps(, 1)]. */
+export function windowShape(input, { fallback = 20 } = {}) {
+  const steps = input.shape[1] > 0 ? input.shape[1] : fallback;
+  return [1, steps, ...input.shape.slice(2).map((d) => (d > 0 ? d : 1))];
 }

@@ -40,8 +40,11 @@ async function inPage(model) {
   const options = model.parameters ? { parameters: model.parameters } : {};
   const server = await client.infer(model.name, inputs, options);
   const browser = await local.infer(inputs, options);
+  // device 'auto' takes WebGPU when the browser has an adapter, else wasm; either way the same answers.
+  const auto = await mb.createLocalRunner(client, { device: 'auto' }).load(model.name);
+  const autoOut = await auto.infer(inputs, options);
   const result = {
-    name: model.name, device: local.device, irDowngraded: runner.irDowngraded ?? null,
+    name: model.name, device: local.device, auto: { device: auto.device, outputs: autoOut.outputs.map(plain) }, irDowngraded: runner.irDowngraded ?? null,
     server: server.outputs.map(plain), browser: browser.outputs.map(plain), gates: [],
   };
   if (model.recurrent) {

@@ -14,16 +14,18 @@ function defaultBaseUrl() {
 
 export class InferenceClient {
   /**
-   * @param {{baseUrl?: string, fetch?: typeof fetch, headers?: Record<string,string>, timeoutMs?: number}} [options]
-   *   baseUrl defaults to the page's origin in a browser.
+   * @param {{baseUrl?: string, fetch?: typeof fetch, headers?: Record<string,string>, apiKey?: string,
+   *          timeoutMs?: number}} [options]
+   *   baseUrl defaults to the page's origin in a browser; apiKey is sent as 'Authorization: Bearer <key>'.
    */
-  constructor({ baseUrl = defaultBaseUrl(), fetch: fetchImpl = globalThis.fetch, headers = {}, timeoutMs = 0 } = {}) {
+  constructor({ baseUrl = defaultBaseUrl(), fetch: fetchImpl = globalThis.fetch, headers = {}, apiKey = undefined,
+    timeoutMs = 0 } = {}) {
     if (!baseUrl) throw new TypeError('baseUrl is required outside a browser page (e.g. "http://127.0.0.1:8000")');
     if (typeof fetchImpl !== 'function') throw new TypeError('no fetch implementation available: pass options.fetch');
     this.baseUrl = baseUrl.replace(/\/+$/, '');
     // Called unbound: a browser's window.fetch throws "Illegal invocation" when `this` is not the window.
     this.fetch = (url, init) => fetchImpl(url, init);
-    this.headers = headers;
+    this.headers = apiKey ? { ...headers, Authorization: `Bearer ${apiKey}` } : headers;
     this.timeoutMs = timeoutMs;
   }
 
@@ -103,7 +105,7 @@ export class InferenceClient {
     return this.getJson(model === undefined ? '/v2/models/stats' : `${modelPath(model, version)}/stats`);
   }
 
-  /** POST /v2/repository/index → [{name, version, state, reason}]. */
+  /** POST /v2/repository/index → [{name, version, state, reason}] (an administration call: may need an admin key). */
   async repositoryIndex({ ready = undefined } = {}) {
     const body = ready === undefined ? '{}' : JSON.stringify({ ready });
     const response = await this.check(

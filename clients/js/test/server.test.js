@@ -9,13 +9,16 @@ import * as ort from 'onnxruntime-web';
 import {
   InferenceClient, LocalRunner, ModelCache, ServerError, bytesToStrings, openModel, runGates,
 } from '../src/index.js';
-import { ROOT, maxAbsDiff, startServer } from './support.js';
+import { ROOT, maxAbsDiff, serveSupports, startServer } from './support.js';
 
+// With an admin key configured (when this server version has keys), the repository index needs it.
+const ADMIN_KEY = 'js-client-test-admin-key-0123456789';
+const withKeys = serveSupports('--admin-keys');
 let server;
 let client;
 before(async () => {
-  server = await startServer();
-  client = new InferenceClient({ baseUrl: server.url });
+  server = await startServer({ args: withKeys ? ['--admin-keys', ADMIN_KEY] : [] });
+  client = new InferenceClient({ baseUrl: server.url, apiKey: withKeys ? ADMIN_KEY : undefined });
 });
 after(async () => server && server.stop());
 
@@ -44,6 +47,18 @@ test('model metadata, config, readiness, repository index', async () => {
   assert.equal(await client.modelReady('no_such_model'), false);
   const index = await client.repositoryIndex();
   for (const m of ['add_sub', 'identity_types', 'lstm_tiny']) assert.ok(index.some((e) => e.name === m), m);
+});
+
+test('the API key travels as a bearer token: administration without it is refused', async (t) => {
+  if (!withKeys) return t.skip('this server has no API keys');
+  const anonymous = new InferenceClient({ baseUrl: server.url });
+  const refused = await anonymous.repositoryIndex().catch((e) => e);
+  assert.ok(refused instanceof ServerError);
+  assert.equal(refused.status, 401);
+  assert.match(refused.serverMessage, /Bearer/);
+  assert.equal((await anonymous.modelMetadata('add_sub')).name, 'add_sub'); // inference stays open
+  const wrong = await new InferenceClient({ baseUrl: server.url, apiKey: 'x'.repeat(20) }).repositoryIndex().catch((e) => e);
+  assert.equal(wrong.status, 401);
 });
 
 test('infer, binary and JSON, with output selection, request id and parameters', async () => {

@@ -36,11 +36,17 @@ export function freePort() {
 }
 
 /** Starts `python -m server.cli serve` on free loopback ports over `repository`; waits until ready. */
-export async function startServer({ repository = join(ROOT, 'server', 'examples', 'repository'), timeoutMs = 60000 } = {}) {
+/** Whether this checkout's `serve` knows a flag (the CLI grows while the JS tests stay the same). */
+export function serveSupports(flag) {
+  return execFileSync(python(), ['-m', 'server.cli', 'serve', '--help'], { cwd: ROOT, encoding: 'utf8' }).includes(flag);
+}
+
+export async function startServer({ repository = join(ROOT, 'server', 'examples', 'repository'), args = [],
+  timeoutMs = 60000 } = {}) {
   const port = await freePort();
   const log = join(mkdtempSync(join(tmpdir(), 'mb-js-server-')), 'server.log');
   const proc = spawn(python(), ['-m', 'server.cli', 'serve', '--model-repository', repository, '--host', '127.0.0.1',
-    '--http-port', String(port), '--grpc-port', '0', '--metrics-port', '0'], {
+    '--http-port', String(port), '--grpc-port', '0', '--metrics-port', '0', ...args], {
     cwd: ROOT, stdio: ['ignore', openSync(log, 'w'), openSync(log, 'a')],
   });
   const url = `http://127.0.0.1:${port}`;

@@ -95,6 +95,8 @@ export interface ClientOptions {
   baseUrl?: string;
   fetch?: typeof fetch;
   headers?: Record<string, string>;
+  /** Sent as 'Authorization: Bearer <key>'. */
+  apiKey?: string;
   timeoutMs?: number;
 }
 
