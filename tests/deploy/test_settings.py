@@ -68,9 +68,9 @@ def test_precedence_in_the_real_process(tmp_path: Path) -> None:
     env |= {"MODELBRIDGE_HTTP_PORT": str(p_env), "MODELBRIDGE_MODEL_CONTROL_MODE": "poll",
             "MODELBRIDGE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **OPEN_ADMIN}
     log_path = tmp_path / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(cfg),
-                             "--http-port", str(p_flag)], cwd=ROOT, env=env,
-                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(cfg),
+                                 "--http-port", str(p_flag)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{p_flag}"
     try:
         deadline = time.monotonic() + 60

@@ -57,10 +57,9 @@ class Client(threading.Thread):
             self.outcomes.append((outcome, status))
             if outcome == "response" and status == 200:
                 self.answered.add(body["id"])
-            if outcome == "not_accepted":
-                # Refused or closed before a response: once the listener is gone, every new try is refused.
-                if len(self.outcomes) > 2 and all(o == "not_accepted" for o, _ in self.outcomes[-3:]):
-                    return
+            # Refused or closed before a response: once the listener is gone, every new try is refused.
+            if len(self.outcomes) > 2 and all(o == "not_accepted" for o, _ in self.outcomes[-3:]):
+                return
 
 
 def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
