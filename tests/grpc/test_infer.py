@@ -154,3 +154,10 @@ def test_unknown_datatype_is_refused(client: grpcclient.InferenceServerClient) -
     bogus._input.datatype = "FLOAT"   # tritonclient validates datatypes; go around it to test the server
     with expect_error("INVALID_ARGUMENT", "unknown datatype 'FLOAT'"):
         client.infer("lstm_tiny", [bogus])
+
+
+def test_compressed_requests(client: grpcclient.InferenceServerClient) -> None:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    for algorithm in ("gzip", "deflate"):
+        res = client.infer("add_sub", add_sub_inputs(a, a), compression_algorithm=algorithm)
+        np.testing.assert_array_equal(res.as_numpy("OUTPUT0"), 2 * a)

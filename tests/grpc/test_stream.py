@@ -91,3 +91,37 @@ def test_stream_a_stateful_lstm_step_by_step(server: ServerProcess) -> None:
     assert [r.get_response().id for r, _ in got] == [f"t{t}" for t in range(7)]
     steps = np.concatenate([r.as_numpy("y") for r, _ in got], axis=1)
     np.testing.assert_allclose(steps, whole, atol=1e-5)
+
+
+def test_asyncio_client_unary_and_stream(server: ServerProcess) -> None:
+    import asyncio
+
+    import tritonclient.grpc.aio as aioclient
+
+    async def main() -> tuple[list, list]:
+        client = aioclient.InferenceServerClient(server.grpc_addr)
+        try:
+            def inputs(k: int) -> list:
+                made = [aioclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+                made[0].set_data_from_numpy(np.full((1, 16), k, np.int32))
+                made[1].set_data_from_numpy(np.ones((1, 16), np.int32))
+                return made
+
+            # Many calls in flight at once on one channel.
+            unary = await asyncio.gather(*(client.infer("add_sub", inputs(k), request_id=str(k)) for k in range(12)))
+
+            async def requests():
+                for k in range(4):
+                    yield {"model_name": "add_sub", "inputs": inputs(k), "request_id": f"s{k}"}
+
+            streamed = [item async for item in client.stream_infer(requests())]
+            return unary, streamed
+        finally:
+            await client.close()
+
+    unary, streamed = asyncio.run(main())
+    for k, res in enumerate(unary):
+        assert res.get_response().id == str(k)
+        np.testing.assert_array_equal(res.as_numpy("OUTPUT0"), np.full((1, 16), k + 1, np.int32))
+    assert [(r.get_response().id, e) for r, e in streamed] == [(f"s{k}", None) for k in range(4)]
+    np.testing.assert_array_equal(streamed[3][0].as_numpy("OUTPUT1"), np.full((1, 16), 2, np.int32))
