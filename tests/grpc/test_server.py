@@ -80,12 +80,13 @@ def test_health_and_reflection_on_the_real_process(server: ServerProcess) -> Non
         assert pool.FindServiceByName("grpc.health.v1.Health").methods_by_name["Check"]
 
 
-def test_message_limit_is_enforced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--grpc-max-message-bytes", "--max-body-bytes"])
+def test_message_limit_is_enforced(tmp_path: Path, flag: str) -> None:
+    """Set directly, or inherited from the HTTP body limit when not given."""
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    proc = ServerProcess(copy_repository(tmp_path / "repo", models=["lstm_tiny"]),
-                         extra_args=["--grpc-max-message-bytes", "65536"]).start()
+    proc = ServerProcess(copy_repository(tmp_path / "repo", models=["lstm_tiny"]), extra_args=[flag, "65536"]).start()
     try:
         client = grpcclient.InferenceServerClient(proc.grpc_addr)
         small = grpcclient.InferInput("x", [1, 100, 2], "FP32")
