@@ -26,6 +26,7 @@ from converters.parity import DEFAULT_ATOL
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 from converters.tf_graph import Loaded, annotate_fused, refuse_loops, rename_io
+from converters.tf_rebuild import rebuild_peephole_scans
 
 
 def _feeds(loaded: Loaded) -> dict[str, np.ndarray]:
@@ -92,6 +93,9 @@ def convert(
             proto = _graph_to_onnx(loaded, opset=opset)
     rename_io(proto)
     proto.ir_version = max(proto.ir_version, 10)  # node-level metadata_props (the annotations) need IR 10
+    rebuilt = rebuild_peephole_scans(proto, loaded) if loaded.function is None else []
+    if rebuilt:
+        say(f"converting: rebuilt peephole LSTM cell(s) {', '.join(rebuilt)} as fused LSTM")
     annotations = annotate_fused(proto, loaded)
     refuse_loops(proto, loaded)
     say("verifying")

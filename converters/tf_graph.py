@@ -35,6 +35,7 @@ class Loaded:
     matched: set[str] = field(default_factory=set)
     call: Callable[..., Any] | None = None
     declared: set[str] = field(default_factory=set)  # input names whose shape the user gave
+    scalars: dict[str, float] = field(default_factory=dict)  # float scalar Consts (e.g. forget_bias)
 
 
 def rename_io(model: onnx.ModelProto) -> None:
@@ -95,6 +96,10 @@ def annotate_fused(model: onnx.ModelProto, loaded: Loaded) -> list[dict[str, Any
                 break
             matches.append(found)
         if len(matches) == len(directions):
+            for found in matches:
+                if inputs[7]:  # peepholes: name the TF1 diagonal variables too
+                    found.variables.update({f"w_{g}_diag": f"{found.layer}/w_{g}_diag" for g in ("i", "f", "o")
+                                            if f"{found.layer}/w_{g}_diag" in loaded.variables})
             match = _merge(matches, directions)
             loaded.matched.update(match.variables.values())
         else:
@@ -111,12 +116,12 @@ def annotate_fused(model: onnx.ModelProto, loaded: Loaded) -> list[dict[str, Any
     return entries
 
 
-def _holds_matmul(graph: onnx.GraphProto) -> bool:
+def holds_matmul(graph: onnx.GraphProto) -> bool:
     for node in graph.node:
         if node.op_type in ("MatMul", "Gemm"):
             return True
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH and _holds_matmul(attr.g):
+            if attr.type == onnx.AttributeProto.GRAPH and holds_matmul(attr.g):
                 return True
     return False
 
@@ -127,17 +132,17 @@ def _features(layer: str, loaded: Loaded) -> list[str]:
     if any(name.endswith(("w_f_diag", "w_i_diag", "w_o_diag")) for name in names):
         found.append("use_peepholes")
     if any("/projection/" in name for name in names):
-        found.append("num_proj (projection/kernel)")
+        found.append("num_proj: ONNX LSTM has no output projection")
     base = layer.rsplit("/", 1)[-1]
     if any(f"/{base}/clip_by_value" in op for op in loaded.op_names):
-        found.append("cell_clip")
+        found.append("cell_clip: TF clips the cell state, ONNX LSTM's clip bounds the gate pre-activations")
     return found
 
 
 def refuse_loops(model: onnx.ModelProto, loaded: Loaded) -> None:
     """A Loop/Scan computing a recurrent cell means tf2onnx did not fuse it: refuse, naming the cell."""
     loops = [node for node in model.graph.node if node.op_type in ("Loop", "Scan")
-             and any(attr.type == onnx.AttributeProto.GRAPH and _holds_matmul(attr.g) for attr in node.attribute)]
+             and any(attr.type == onnx.AttributeProto.GRAPH and holds_matmul(attr.g) for attr in node.attribute)]
     if not loops:
         return
     cells = sorted({name.rsplit("/", 1)[0] for name, value in loaded.variables.items()
@@ -150,6 +155,6 @@ def refuse_loops(model: onnx.ModelProto, loaded: Loaded) -> None:
     who = "; ".join(described) if described else "an unidentified recurrent layer"
     raise UnsupportedLayerError(
         f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}). "
-        "Fused: BasicLSTMCell, LSTMCell without peepholes/cell_clip/num_proj, GRUCell, MultiRNNCell stacks of "
-        "those, Keras LSTM; convert Keras models with the keras converter, which rebuilds every recurrent layer."
+        "Fused: BasicLSTMCell, LSTMCell (peepholes too) without cell_clip/num_proj, GRUCell, MultiRNNCell stacks "
+        "of those, Keras LSTM; convert Keras models with the keras converter, which rebuilds every recurrent layer."
     )

@@ -105,15 +105,17 @@ def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
              for node in placeholders]
     specs = _override(specs, inputs)
     declared = {_plain(spec.name) for spec in inputs or []}
-    variables = {}
+    variables, scalars = {}, {}
     for node in pruned.node:
         if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
             value = tf.make_ndarray(node.attr["value"].tensor)
             if 1 <= value.ndim <= 2:
                 variables[node.name] = value
+            elif value.ndim == 0:
+                scalars[node.name] = float(value)
     return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [f"{name}:0" for name in output_nodes],
                   graph_def=pruned, variables=variables, op_names=[node.name for node in pruned.node],
-                  declared=declared)
+                  declared=declared, scalars=scalars)
 
 
 def _checkpoint_prefix(path: Path) -> str:

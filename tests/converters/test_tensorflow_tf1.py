@@ -37,13 +37,15 @@ def _cells(name: str) -> Any:
         "gru": lambda: rnn.GRUCell(4),
         "multi": lambda: rnn.MultiRNNCell([rnn.BasicLSTMCell(4), rnn.BasicLSTMCell(3)]),
         "multi-mixed": lambda: rnn.MultiRNNCell([rnn.BasicLSTMCell(4), rnn.GRUCell(3)]),
+        "peepholes": lambda: rnn.LSTMCell(4, use_peepholes=True, forget_bias=0.5),
+        "multi-peepholes": lambda: rnn.MultiRNNCell([rnn.LSTMCell(4, use_peepholes=True), rnn.LSTMCell(3, use_peepholes=True)]),
         "peepholes-clip": lambda: rnn.LSTMCell(4, use_peepholes=True, cell_clip=2.0),
         "projection": lambda: rnn.LSTMCell(4, num_proj=2),
     }[name]()
 
 
-VARIANTS = ("basic", "basic-forget-0.3", "lstm-cell", "gru", "multi", "multi-mixed", "bidirectional", "peepholes-clip",
-            "projection")
+VARIANTS = ("basic", "basic-forget-0.3", "lstm-cell", "gru", "multi", "multi-mixed", "bidirectional", "peepholes",
+            "multi-peepholes", "peepholes-clip", "projection")
 
 
 def build(out: Path) -> None:
@@ -67,7 +69,7 @@ def build(out: Path) -> None:
                 session.run(tf.compat.v1.global_variables_initializer())
                 rng = np.random.default_rng(1)
                 for variable in tf.compat.v1.global_variables():  # random biases make bias checks meaningful
-                    if variable.name.endswith("bias:0"):
+                    if variable.name.endswith(("bias:0", "_diag:0")):
                         variable.load(rng.normal(size=variable.shape).astype(np.float32), session)
                 target = out / name
                 target.mkdir(parents=True, exist_ok=True)
@@ -109,7 +111,8 @@ def _variables(saved: Path, name: str) -> dict[str, np.ndarray]:
 
 
 FUSED = {"basic": ["LSTM"], "basic-forget-0.3": ["LSTM"], "lstm-cell": ["LSTM"], "gru": ["GRU"],
-         "multi": ["LSTM", "LSTM"], "bidirectional": ["LSTM"]}
+         "multi": ["LSTM", "LSTM"], "bidirectional": ["LSTM"], "peepholes": ["LSTM"],
+         "multi-peepholes": ["LSTM", "LSTM"]}
 
 
 @pytest.mark.parametrize("name", sorted(FUSED))
@@ -126,7 +129,8 @@ def test_tf1_cells_fuse_with_parity(converted: dict[str, Any], name: str) -> Non
 def _lstm_expectation(kernel: np.ndarray, bias: np.ndarray, forget_bias: float) -> dict[str, dict[str, np.ndarray]]:
     """GATES.md: i, j, f, o = split(concat([x, h]) @ kernel + bias, 4); forget_bias added to f at run time."""
     hidden = kernel.shape[1] // 4
-    kx, kh = kernel[:FEATURES], kernel[FEATURES:]
+    size = kernel.shape[0] - hidden  # FEATURES for the first layer, the layer below's H above it
+    kx, kh = kernel[:size], kernel[size:]
     out = {}
     for k, (tf_gate, onnx_gate) in enumerate((("i", "i"), ("j", "c"), ("f", "f"), ("o", "o"))):
         block = slice(k * hidden, (k + 1) * hidden)
@@ -145,7 +149,8 @@ def _check_lstm(node: dict[str, Any], direction: dict[str, Any], kernel: np.ndar
         assert got["source_gate"] == want["source"]
 
 
-@pytest.mark.parametrize(("name", "forget_bias"), [("basic", 1.0), ("basic-forget-0.3", 0.3), ("lstm-cell", 1.0)])
+@pytest.mark.parametrize(("name", "forget_bias"), [("basic", 1.0), ("basic-forget-0.3", 0.3), ("lstm-cell", 1.0),
+                                                  ("peepholes", 0.5)])
 def test_tf1_lstm_gates_match_kernel_slices_and_fold_forget_bias(
     converted: dict[str, Any], saved: Path, name: str, forget_bias: float
 ) -> None:
@@ -154,10 +159,26 @@ def test_tf1_lstm_gates_match_kernel_slices_and_fold_forget_bias(
     source = node["source"]
     cell = "rnn/basic_lstm_cell" if name.startswith("basic") else "rnn/lstm_cell"
     assert source["layer"] == cell
-    assert source["variables"] == {"kernel": f"{cell}/kernel", "bias": f"{cell}/bias"}
+    assert {key: source["variables"][key] for key in ("kernel", "bias")} == {"kernel": f"{cell}/kernel",
+                                                                             "bias": f"{cell}/bias"}
     assert source["gate_order"] == ["i", "j", "f", "o"] and source["gate_map"]["j"] == "c"
     assert source["folded"] == {"forget_bias": pytest.approx(forget_bias)}
     _check_lstm(node, node["directions"][0], variables[f"{cell}/kernel"], variables[f"{cell}/bias"], forget_bias)
+
+
+@pytest.mark.parametrize(("name", "cells"), [("peepholes", ["rnn/lstm_cell"]), (
+    "multi-peepholes", ["rnn/multi_rnn_cell/cell_0/lstm_cell", "rnn/multi_rnn_cell/cell_1/lstm_cell"])])
+def test_peephole_cells_are_rebuilt_with_p(converted: dict[str, Any], saved: Path, name: str, cells: list[str]) -> None:
+    variables = _variables(saved, name)
+    nodes = gates.split_gates_arrays(converted[name].model)["nodes"]
+    assert [node["source"]["layer"] for node in nodes] == cells
+    for node, cell in zip(nodes, cells, strict=True):
+        assert node["source"]["variables"]["w_f_diag"] == f"{cell}/w_f_diag"
+        peepholes = node["directions"][0]["peepholes"]
+        for gate in ("i", "o", "f"):
+            np.testing.assert_array_equal(peepholes[gate], variables[f"{cell}/w_{gate}_diag"])
+        forget = node["source"]["folded"]["forget_bias"]
+        _check_lstm(node, node["directions"][0], variables[f"{cell}/kernel"], variables[f"{cell}/bias"], forget)
 
 
 def test_tf1_gru_gates_match_gates_and_candidate_kernels(converted: dict[str, Any], saved: Path) -> None:
@@ -202,7 +223,7 @@ def test_numpy_reference_equals_onnxruntime(converted: dict[str, Any], name: str
         np.testing.assert_allclose(actual[tensor], value, atol=1e-5, err_msg=tensor)
 
 
-@pytest.mark.parametrize(("name", "named"), [("peepholes-clip", r"'rnn/lstm_cell' \(use_peepholes, cell_clip\)"),
+@pytest.mark.parametrize(("name", "named"), [("peepholes-clip", r"'rnn/lstm_cell' \(use_peepholes, cell_clip: TF clips"),
                                              ("projection", r"'rnn/lstm_cell' \(num_proj"),
                                              ("multi-mixed", r"cell_0/basic_lstm_cell'; '.*cell_1/gru_cell'")])
 def test_unfusable_lstm_cells_are_refused_by_name(converted: dict[str, Any], name: str, named: str) -> None:
