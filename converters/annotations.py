@@ -58,7 +58,7 @@ def describe_node(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[str, Any
     gates = GATE_ORDERS[node.op_type]
     direction = attrs.get("direction", "forward")
     directions = _DIRECTIONS[direction]
-    hidden = int(attrs.get("hidden_size", recurrence.shape[-1]))
+    hidden = int(attrs["hidden_size"]) if "hidden_size" in attrs else int(recurrence.shape[-1])
     if weight.ndim != 3 or weight.shape[0] != len(directions) or weight.shape[1] != len(gates) * hidden:
         raise AnnotationError(
             f"node {node.name!r}: W has shape {list(weight.shape)}, expected "

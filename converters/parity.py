@@ -63,6 +63,8 @@ class ParityReport:
             lines.append(
                 f"  {out.name} {out.shape} {out.dtype}: max_abs {out.max_abs:.3g}, max_rel {out.max_rel:.3g}"
             )
+        for item in self.inputs:
+            lines.append(f"  input {item['name']} {item['shape']} {item['dtype']}: {item.get('origin', '')}")
         return "\n".join(lines)
 
 

@@ -193,7 +193,8 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], specs: Sequence[Input
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
+        torch.onnx.export(model, args, buffer, dynamo=False,  # type: ignore[arg-type]
+                          opset_version=opset, do_constant_folding=True,
                           input_names=[spec.name for spec in specs], output_names=outputs,
                           dynamic_axes={name: axes for name, axes in dynamic_axes.items() if axes})
     return onnx.load_from_string(buffer.getvalue())
@@ -212,9 +213,9 @@ def annotate(model: onnx.ModelProto, layers: list[RecurrentLayer], params: dict[
             if index in used or node.op_type != layer.op:
                 continue
             inputs = list(node.input) + [""] * 4
-            got = [resolve(model, inputs[1]), resolve(model, inputs[2]), resolve_optional(model, inputs[3])]
-            if got[2] is None:
-                got[2] = np.zeros_like(want[2])
+            bias = resolve_optional(model, inputs[3])
+            got = [resolve(model, inputs[1]), resolve(model, inputs[2]),
+                   np.zeros_like(want[2]) if bias is None else bias]
             if all(a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-7) for a, b in zip(got, want, strict=True)):
                 break
         else:

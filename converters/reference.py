@@ -48,8 +48,12 @@ def activations(
         uses_alpha, uses_beta, alpha, beta, function = _ACTIVATIONS[key]
         alpha = next(alpha_iter, alpha) if uses_alpha else alpha
         beta = next(beta_iter, beta) if uses_beta else beta
-        result.append(lambda x, f=function, a=alpha, b=beta: f(x, a, b))
+        result.append(_bind(function, alpha, beta))
     return result
+
+
+def _bind(function: Callable[[np.ndarray, float, float], np.ndarray], alpha: float, beta: float) -> Activation:
+    return lambda x: function(x, alpha, beta)
 
 
 def _steps(length: int, *, reverse: bool) -> range:
@@ -244,8 +248,9 @@ def _run_node(
     if batch_major:  # Y [B, T, D, H]; Y_h [B, D, H]
         outputs = {key: None if value is None else (value.transpose(2, 0, 1, 3) if key == "Y" else value.transpose(1, 0, 2))
                    for key, value in outputs.items()}
-    results = {}
+    results: dict[str, np.ndarray] = {}
     for name, key in zip(node.output, ("Y", "Y_h", "Y_c"), strict=False):
-        if name and outputs[key] is not None:
-            results[name] = outputs[key]
+        value = outputs[key]
+        if name and value is not None:
+            results[name] = value
     return results
