@@ -16,12 +16,15 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from server import metrics
+from server.core import auth, sandbox
+from server.core.auth import KeyRing
 from server.core.poller import RepositoryPoller
 from server.core.repository import ModelRepository
 from server.core.sequences import SequenceStore
 from server.core.service import InferenceService, example_repository
 from server.rest.app import create_app
 from server.rest.fastpath import InferFastPath
+from server.rest.security import guarded_http_protocol, parse_origins, secure_app
 from server.settings import Settings
 
 log = logging.getLogger("modelbridge")
@@ -32,7 +35,20 @@ def build_service(settings: Settings) -> InferenceService:
     sequences = SequenceStore(idle_timeout=settings.sequence_idle_secs, max_sequences=settings.max_sequences)
     service = InferenceService(ModelRepository(root), sequences=sequences)
     service.model_control_mode = settings.model_control_mode
+    service.sandbox_limits = sandbox.Limits(timeout_secs=settings.model_check_timeout_secs,
+                                            memory_bytes=settings.model_check_memory_mb << 20,
+                                            max_model_bytes=settings.max_body_bytes)
+    service.max_pending_per_model = settings.max_pending_per_model
     return service
+
+
+def build_keyring(settings: Settings) -> KeyRing:
+    return auth.build_keyring(
+        admin_keys=settings.admin_keys, inference_keys=settings.inference_keys, keys_file=settings.keys_file,
+        allow_unauthenticated_admin=settings.allow_unauthenticated_admin,
+        require_inference_key=settings.require_inference_key,
+    )
+
 
 
 def metrics_app(service: InferenceService) -> Starlette:
@@ -52,12 +68,15 @@ class _Server(uvicorn.Server):
 def _uvicorn(app: Any, host: str, port: int, settings: Settings) -> _Server:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-        loop="none", http="httptools", timeout_graceful_shutdown=int(settings.shutdown_grace_secs),
+        loop="none", timeout_graceful_shutdown=int(settings.shutdown_grace_secs),
+        http=guarded_http_protocol(settings.header_timeout_secs) if settings.header_timeout_secs > 0 else "httptools",
+        limit_concurrency=settings.max_concurrent_requests or None,
     )
     return _Server(config)
 
 
 async def serve(settings: Settings) -> None:
+    keys = build_keyring(settings)   # a bad key setting stops the server before it binds anything
     service = build_service(settings)
     poller = None
     if settings.model_control_mode == "poll":
@@ -67,6 +86,8 @@ async def serve(settings: Settings) -> None:
     log.info("models: %s", [e["name"] + "/" + e["version"] for e in service.repository_index(ready_only=True)])
     rest = InferFastPath(create_app(service, max_body_bytes=settings.max_body_bytes), service,
                          max_body_bytes=settings.max_body_bytes)
+    rest = secure_app(rest, keys, cors_origins=parse_origins(settings.cors_origins),
+                      body_timeout_secs=settings.body_timeout_secs)
     servers = [_uvicorn(rest, settings.host, settings.http_port, settings)]
     if settings.metrics_port:
         servers.append(_uvicorn(metrics_app(service), settings.host, settings.metrics_port, settings))
@@ -78,7 +99,8 @@ async def serve(settings: Settings) -> None:
             log.warning("gRPC disabled: %s", exc)
         else:
             grpc_server = await start_grpc_server(
-                service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit
+                service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit,
+                keys=keys, max_concurrent_rpcs=settings.max_concurrent_requests,
             )
     stop = asyncio.Event()
     poll_task = asyncio.create_task(poller.run(stop)) if poller else None  # ends when `stop` is set

@@ -31,6 +31,29 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="stateful models: drop a sequence after this many idle seconds (default 60)")
     p.add_argument("--max-sequences", type=int,
                    help="stateful models: most live sequences at once; more are refused with 429 (default 1024)")
+    sec = p.add_argument_group("security and limits", "API keys are secrets: prefer MODELBRIDGE_ADMIN_KEYS / "
+                               "MODELBRIDGE_INFERENCE_KEYS or --keys-file to flags, which other users can see in ps")
+    sec.add_argument("--admin-keys", help="comma-separated admin API keys (upload, load, unload, repository index)")
+    sec.add_argument("--inference-keys", help="comma-separated inference API keys; setting any makes inference "
+                                              "need a key (an admin key also grants inference)")
+    sec.add_argument("--keys-file", help="file of '<admin|inference> <key>' lines")
+    sec.add_argument("--allow-unauthenticated-admin", action="store_true", default=None,
+                     help="without an admin key, allow administration to anyone who can reach the port")
+    sec.add_argument("--require-inference-key", action="store_true", default=None,
+                     help="inference needs a key (implied when inference keys are configured)")
+    sec.add_argument("--cors-origins", help="comma-separated origins allowed by CORS (default: CORS off)")
+    sec.add_argument("--model-check-timeout-secs", type=float,
+                     help="an uploaded model must pass checks and load in a child process within this (default 60)")
+    sec.add_argument("--model-check-memory-mb", type=int, help="address-space limit of that child (default 2048)")
+    sec.add_argument("--max-pending-per-model", type=int,
+                     help="requests in flight per model version; more are answered 503/UNAVAILABLE (default 4096)")
+    sec.add_argument("--max-concurrent-requests", type=int,
+                     help="REST connections and gRPC rpcs at once; more are refused (default 0: unbounded)")
+    sec.add_argument("--body-timeout-secs", type=float,
+                     help="a request body must arrive within this many seconds, else 408 (default 60; 0: off)")
+    sec.add_argument("--header-timeout-secs", type=float,
+                     help="request headers must arrive within this many seconds, else the connection is "
+                          "closed (default 10; 0: off)")
     p.add_argument("--config", help="settings file (TOML or JSON) with the same names as the flags")
     p.set_defaults(func=_serve)
 

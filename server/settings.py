@@ -31,6 +31,19 @@ class Settings:
     repository_poll_secs: float = 15.0  # poll mode: seconds between repository scans
     sequence_idle_secs: float = 60.0    # a sequence with no step for this long is dropped
     max_sequences: int = 1024           # live sequences over all models; more -> RESOURCE_EXHAUSTED / 429
+    # -- security and limits (README "Security"); keys are secrets: repr=False keeps them out of logs
+    admin_keys: str = field(default="", repr=False)      # comma-separated; prefer MODELBRIDGE_ADMIN_KEYS
+    inference_keys: str = field(default="", repr=False)  # comma-separated; prefer MODELBRIDGE_INFERENCE_KEYS
+    keys_file: str = ""                 # lines '<admin|inference> <key>'
+    allow_unauthenticated_admin: bool = False  # without an admin key, administration is refused unless set
+    require_inference_key: bool = False  # inference also needs a key (implied when inference keys exist)
+    cors_origins: str = ""              # comma-separated allowed origins; empty: CORS off
+    model_check_timeout_secs: float = 60.0   # an uploaded model is checked in a child process...
+    model_check_memory_mb: int = 2048        # ...with this much address space at most
+    max_pending_per_model: int = 4096   # in-flight requests per model version; more -> 503 / UNAVAILABLE
+    max_concurrent_requests: int = 0    # REST connections+requests and gRPC rpcs at once; 0: unbounded
+    body_timeout_secs: float = 60.0     # a request body must arrive within this; else 408, connection closed
+    header_timeout_secs: float = 10.0   # request headers must arrive within this; else connection closed
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,6 +96,11 @@ def _validate(s: Settings) -> Settings:
     for name in ("http_port", "grpc_port", "metrics_port"):
         if not 0 <= getattr(s, name) <= 65535:
             raise InvalidArgument(f"setting {name}: {getattr(s, name)} is not a port number (0-65535)")
+    if s.model_check_timeout_secs <= 0 or s.model_check_memory_mb < 256 or s.max_pending_per_model < 1:
+        raise InvalidArgument("settings model_check_timeout_secs must be > 0, model_check_memory_mb >= 256, "
+                              "max_pending_per_model >= 1")
+    if s.max_concurrent_requests < 0 or s.body_timeout_secs < 0 or s.header_timeout_secs < 0:
+        raise InvalidArgument("settings max_concurrent_requests, body_timeout_secs, header_timeout_secs must be >= 0")
     if s.sequence_idle_secs <= 0 or s.max_sequences < 1:
         raise InvalidArgument("settings sequence_idle_secs must be > 0 and max_sequences >= 1")
     if s.repository_poll_secs <= 0 or s.shutdown_grace_secs < 0:

@@ -42,6 +42,9 @@ class ServerProcess:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    # The server refuses administration without an admin key; tests that do not exercise access
+    # control get the operator's explicit opt-out. tests/security starts servers with keys instead.
+    allow_unauthenticated_admin: bool = True
 
     @property
     def url(self) -> str:
@@ -59,7 +62,8 @@ class ServerProcess:
         return [
             sys.executable, "-m", "server.cli", "serve", "--model-repository", str(self.repository),
             "--host", "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-            "--metrics-port", str(self.metrics_port), *self.extra_args,
+            "--metrics-port", str(self.metrics_port),
+            *(["--allow-unauthenticated-admin"] if self.allow_unauthenticated_admin else []), *self.extra_args,
         ]
 
     def start(self, timeout: float = 60.0) -> "ServerProcess":

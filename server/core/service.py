@@ -9,10 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from server import __version__, logs
-from server.core import model_config
+from server.core import deadline, model_config, sandbox
 from server.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -46,6 +44,8 @@ class InferenceService:
         self.live = True
         # Triton's --model-control-mode: only "explicit" lets API calls change what is loaded.
         self.model_control_mode = "explicit"
+        self.sandbox_limits = sandbox.Limits()   # uploaded models are checked in a child process
+        self.max_pending_per_model = 4096        # in-flight requests per model version; more -> 503
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, *, load: list[str] | None = None) -> None:
@@ -129,13 +129,16 @@ class InferenceService:
     async def _infer(self, req: InferRequest) -> InferResponse:
         start = time.perf_counter_ns()
         mv = self.model_version(req.model_name, req.model_version)
+        if mv.stats.pending >= self.max_pending_per_model:
+            raise Unavailable(f"model '{mv.name}' has {mv.stats.pending} requests in flight, its limit; retry later",
+                              retry_after=1)
         mv.stats.pending += 1
         try:
             feeds, names, batch = mv.prepare(req)
-            if mv.states:
-                arrays, queue_ns = await self._run_stateful(mv, req, feeds, names, batch, start)
-            else:
-                arrays, queue_ns = await self._run(mv, feeds, names, batch, start)
+            timeout = deadline.request_timeout(req.parameters)
+            run = (self._run_stateful(mv, req, feeds, names, batch, start) if mv.states
+                   else self._run(mv, feeds, names, batch, start))
+            arrays, queue_ns = await (run if timeout is None else deadline.within(run, timeout, mv.name))
             outputs = [
                 OutputTensor(n, mv.output_datatype(n, a), tuple(a.shape), a)
                 for n, a in zip(names, arrays)
@@ -242,7 +245,7 @@ class InferenceService:
             for version, vfiles in sorted(by_version.items()):
                 if "model.onnx" not in vfiles:
                     raise InvalidArgument(f"files for version {version} must include model.onnx")
-                validate_onnx_bytes(vfiles["model.onnx"])
+                validate_onnx_bytes(vfiles["model.onnx"], self.sandbox_limits)
             for version, vfiles in sorted(by_version.items()):
                 self.repository.publish_version(name, version, vfiles)
             if config_text is not None:
@@ -333,7 +336,7 @@ class InferenceService:
         self._check_control("upload")
         check_model_name(name)
         v = check_version(version)
-        validate_onnx_bytes(data)
+        validate_onnx_bytes(data, self.sandbox_limits)
         with self._lock:
             self.repository.publish_version(name, v, {"model.onnx": data})
             self._load_locked(name)
@@ -347,40 +350,11 @@ def _params(given: dict[str, Any] | None) -> dict[str, Any]:
     return params
 
 
-def validate_onnx_bytes(data: bytes) -> onnx.ModelProto:
+def validate_onnx_bytes(data: bytes, limits: sandbox.Limits | None = None) -> dict[str, Any]:
     """An uploaded model must parse, pass the ONNX checker, keep its data inside the file and load in
-    onnxruntime before it is written anywhere a reader could see it."""
-    if not data:
-        raise InvalidArgument("the uploaded model is empty")
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise InvalidArgument(f"the upload is not an ONNX model: {str(exc)[:200]}") from None
-    for tensor in _all_initializers(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise InvalidArgument(
-                f"initializer '{tensor.name}' uses external data; uploads must be self-contained"
-            )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise InvalidArgument(f"the ONNX checker refused the model: {str(exc)[:300]}") from None
-    ModelRuntime(data)
-    return model
-
-
-def _all_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    out = list(model.graph.initializer)
-    stack = list(model.graph.node)
-    while stack:
-        node = stack.pop()
-        for attr in node.attribute:
-            if attr.t is not None and attr.HasField("t"):
-                out.append(attr.t)
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                out.extend(g.initializer)
-                stack.extend(g.node)
-    return out
+    onnxruntime before it is written anywhere a reader could see it. All of that runs in a child
+    process with a time and memory limit (server/core/sandbox.py): hostile bytes cannot crash us."""
+    return sandbox.check_model_bytes(data, limits or sandbox.Limits())
 
 
 def example_repository() -> Path:

@@ -6,11 +6,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.core.auth import KeyRing
 from server.core.errors import Unavailable
 from server.core.service import InferenceService
 from server.grpc._generated import POOL
 from server.grpc._generated import grpc_service_pb2 as pb
 from server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from server.grpc.auth import AuthInterceptor
 from server.grpc.servicer import InferenceServicer
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -44,7 +46,8 @@ def _register_health_descriptor() -> None:
 
 
 async def start_grpc_server(
-    service: InferenceService, *, host: str, port: int, max_message_bytes: int
+    service: InferenceService, *, host: str, port: int, max_message_bytes: int,
+    keys: KeyRing | None = None, max_concurrent_rpcs: int = 0,
 ) -> grpc.aio.Server:
     """Bind host:port and start serving; the caller stops it with `await server.stop(grace)`."""
     server = grpc.aio.server(
@@ -52,7 +55,10 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        # No keys given (in-process tests): the default KeyRing, i.e. inference open, administration refused.
+        interceptors=[AuthInterceptor(keys if keys is not None else KeyRing())],
+        maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)

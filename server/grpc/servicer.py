@@ -9,6 +9,7 @@ from typing import TypeAlias
 
 import grpc
 
+from server.core import deadline
 from server.core.errors import InvalidArgument, ModelBridgeError
 from server.core.service import InferenceService
 from server.grpc import converters as conv
@@ -59,10 +60,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, context.time_remaining())
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        response = await self.service.infer(conv.infer_request_from_proto(request))
+    async def _infer(self, request: pb.ModelInferRequest, remaining: float | None = None) -> pb.ModelInferResponse:
+        req = conv.infer_request_from_proto(request)
+        deadline.merge(req.parameters, remaining)   # the call's deadline bounds the time spent queued
+        response = await self.service.infer(req)
         return conv.infer_response_to_proto(response)
 
     @rpc_errors

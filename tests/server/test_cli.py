@@ -30,7 +30,8 @@ def test_serve_defaults_to_bundled_examples_and_stops_on_sigterm(tmp_path) -> No
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--http-port", str(port),
-                             "--grpc-port", "0", "--metrics-port", str(free_port())], cwd=ROOT)
+                             "--grpc-port", "0", "--metrics-port", str(free_port()),
+                             "--allow-unauthenticated-admin"], cwd=ROOT)
     try:
         for _ in range(300):
             try:
