@@ -91,8 +91,11 @@ async function sine(name, metadata) {
     }
     return out;
   };
+  const t0 = performance.now();
   const server = await predict((x) => client.infer(name, x));
+  const t1 = performance.now();
   const browser = await predict((x) => local.infer(x));
+  state.sineMs = { server: t1 - t0, browser: performance.now() - t1 };
   drawLines($('sine-plot'), [
     { color: '#c8cad6', dash: [2, 4], points: truth.map((y, k) => [k, y]) },
     { color: '#667', points: history.map((y, k) => [k, y]) },
@@ -142,9 +145,13 @@ async function select(name) {
     fill($('inputs'), ['name', 'datatype', 'shape'], io(metadata.inputs));
     fill($('outputs'), ['name', 'datatype', 'shape'], io(metadata.outputs));
     $('run').onclick = () => compare(name, metadata, config);
+    const t0 = performance.now();
     await compare(name, metadata, config);
+    const t1 = performance.now();
     const recurrent = await gates(name);
+    const t2 = performance.now();
     if (name === 'sine_lstm' && recurrent) await sine(name, metadata);
+    state.ms = { compare: t1 - t0, gates: t2 - t1, sine: performance.now() - t2 };
     setStatus(`${name}: done`, 'done');
   } catch (err) {
     setStatus(`${name}: ${err.message}`, 'error');

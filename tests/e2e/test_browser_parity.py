@@ -273,6 +273,7 @@ def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path:
     pixels = png_pixels(Path(shot["path"]))
     colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
     assert colours > 50, f"the screenshot looks blank ({colours} colours)"
+    print(f"  /ui page phases (ms): {shot['ui'].get('ms')}")
     print(f"  /ui screenshot of {shot_model}: {pixels.shape[1]}x{pixels.shape[0]}, {colours} colours, "
           f"{sum(c['ink'] for c in drawn)} drawn canvas pixels in {len(drawn)} canvases")
 

@@ -62,12 +62,13 @@ async function inPage(model) {
       return { data: ref.values, shape: ref.shape };
     };
     const doc = await client.gates(model.name);
+    const { runGates } = await import('/ui/vendor/modelbridge-gates.js'); // the standalone 4 KB build
     for (const spec of model.recurrent.nodes) {
       const x = value(spec.x);
       const [seqLength, batchSize] = x.shape;
       const initialH = value(spec.initial_h)?.data;
       const initialC = value(spec.initial_c)?.data;
-      const mine = mb.runGates(doc, x.data, { node: spec.index, seqLength, batchSize, initialH, initialC });
+      const mine = runGates(doc, x.data, { node: spec.index, seqLength, batchSize, initialH, initialC });
       const diffs = {};
       for (const [key, name] of Object.entries(spec.outputs)) diffs[key] = maxDiff(mine[key], run.output(name).data);
       result.gates.push({ node: doc.nodes[spec.index].node, op: doc.nodes[spec.index].op, diffs });

@@ -24,6 +24,13 @@ await build({
   logLevel: 'warning',
 });
 
+// The plain-JS LSTM/GRU/RNN alone, for pages that only need the gates JSON (no onnxruntime).
+await build({
+  entryPoints: [join(here, '..', 'src', 'gates.js')],
+  outfile: join(out, 'modelbridge-gates.js'),
+  bundle: true, format: 'esm', platform: 'neutral', target: 'es2022', minify: true, logLevel: 'warning',
+});
+
 const require = createRequire(import.meta.url);
 const ortDist = dirname(require.resolve('onnxruntime-web/ort-wasm-simd-threaded.jsep.wasm'));
 // The default onnxruntime-web build (wasm + WebGPU/WebNN) loads the "jsep" runtime.
@@ -31,4 +38,5 @@ for (const f of ['ort-wasm-simd-threaded.jsep.mjs', 'ort-wasm-simd-threaded.jsep
   copyFileSync(join(ortDist, f), join(out, f));
 }
 const kb = (f) => Math.round(statSync(join(out, f)).size / 1024);
-console.log(`built server/ui/vendor: modelbridge.js ${kb('modelbridge.js')} KB, jsep wasm ${kb('ort-wasm-simd-threaded.jsep.wasm')} KB`);
+console.log(`built server/ui/vendor: modelbridge.js ${kb('modelbridge.js')} KB, modelbridge-gates.js `
+  + `${(statSync(join(out, 'modelbridge-gates.js')).size / 1024).toFixed(1)} KB, jsep wasm ${kb('ort-wasm-simd-threaded.jsep.wasm')} KB`);

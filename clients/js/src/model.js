@@ -21,6 +21,30 @@ export function openModel(client, name, { version = undefined, local = false, ru
       localModel ??= await runner.load(name, { version });
       return localModel.infer(inputs, options);
     },
+    /**
+     * A stateful model's sequence: step(inputs) sends sequence_start on the first step and keeps the
+     * sequence_id; step(inputs, {end: true}) or end() closes it. The server keeps the state remotely,
+     * the local runner in this process: the calls are the same.
+     */
+    sequence(id = randomSequenceId()) {
+      let started = false;
+      let ended = false;
+      const step = async (inputs, { end = false, ...options } = {}) => {
+        if (ended) throw new RangeError(`sequence ${id} has ended`);
+        const parameters = { ...(options.parameters ?? {}), sequence_id: id, sequence_start: !started, sequence_end: end };
+        const result = await handle.infer(inputs, { ...options, parameters });
+        started = true;
+        ended = end;
+        return result;
+      };
+      return { id, step, end: (inputs, options = {}) => step(inputs, { ...options, end: true }) };
+    },
   };
   return handle;
+}
+
+function randomSequenceId() {
+  // The V2 sequence extension takes uint64 or string ids; a string never collides with small integers.
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return `js-${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
 }

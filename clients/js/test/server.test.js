@@ -199,4 +199,14 @@ test('a stateful model streams step by step, on the server and in the local runn
     assert.ok(diff < 1e-5, `${name}: step by step vs whole sequence ${diff}`);
   }
   await assert.rejects(local.infer(step(0), { parameters: { sequence_id: 'never-started' } }), /not running: start it with sequence_start/);
+
+  // The same through model handles: one flag between server-kept and locally kept state.
+  for (const isLocal of [false, true]) {
+    const seq = openModel(client, 'lstm_stream', { local: isLocal, runner: new LocalRunner(client, { ort }) }).sequence();
+    const ys = [];
+    for (let k = 0; k < steps - 1; k++) ys.push(...(await seq.step(step(k))).output('y').data);
+    ys.push(...(await seq.end(step(steps - 1))).output('y').data);
+    assert.ok(maxAbsDiff(ys, serverWhole) < 1e-5, `local=${isLocal}`);
+    await assert.rejects(seq.step(step(0)), /has ended/);
+  }
 });

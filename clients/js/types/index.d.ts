@@ -164,6 +164,16 @@ export interface ModelHandle {
   metadata(): Promise<ModelMetadata>;
   gates(): Promise<GatesDocument>;
   infer(inputs: InputTensor[], options?: InferOptions): Promise<InferResult>;
+  /** A stateful model's sequence (V2 sequence extension): the state lives on the server, or in this process when local. */
+  sequence(id?: string | number): SequenceHandle;
+}
+
+export interface SequenceHandle {
+  readonly id: string | number;
+  /** The first step sends sequence_start; `end: true` sends sequence_end. */
+  step(inputs: InputTensor[], options?: InferOptions & { end?: boolean }): Promise<InferResult>;
+  /** The last step. */
+  end(inputs: InputTensor[], options?: InferOptions): Promise<InferResult>;
 }
 
 /** One flag between the server (local: false) and onnxruntime-web in this process (local: true). */
