@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from converters import parity, recurrent
+from converters import DEFAULT_OPSET, parity, recurrent
 from converters.annotations import GATE_ORDERS, annotate_recurrent_node
 from converters.parity import ParityReport
 from converters.result import ConversionResult
@@ -258,7 +258,7 @@ def convert(
     *,
     inputs: list[InputSpec] | None = None,
     example_inputs: Sequence[Any] | None = None,
-    opset: int,
+    opset: int = DEFAULT_OPSET,
     atol: float = parity.DEFAULT_ATOL,
     progress: Progress | None = None,
     exporter: str = "auto",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -10,7 +11,13 @@ from torch import nn
 from converters import DEFAULT_OPSET, UnsupportedSourceError, convert, gates
 from converters.annotations import node_annotation, read_annotations, validate
 from converters.parity import random_feeds, run_onnx
-from converters.pytorch import UnsupportedModelError
+from converters.pytorch import (
+    ExportCheckError,
+    UnsupportedModelError,
+    annotate,
+    parameters_of,
+    recurrent_layers,
+)
 from converters.pytorch import convert as convert_torch
 from converters.reference import intermediates, run_reference
 from converters.result import ConversionResult
@@ -180,3 +187,30 @@ def test_default_conversion_of_bidirectional_gru_runs_at_any_length() -> None:
         x = rng.normal(size=(2, length, 3)).astype(np.float32)
         np.testing.assert_allclose(run_onnx(result.model, {"x": x})["output"],
                                    model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def test_pickled_module_file(tmp_path) -> None:
+    torch.manual_seed(7)
+    model = Sequence(nn.RNN(3, 4, batch_first=True), 4)
+    torch.save(model, tmp_path / "rnn.pth")
+    result = convert_torch(tmp_path / "rnn.pth", inputs=[InputSpec("x", (None, None, 3))], exporter="torchscript")
+    assert _ops(result).count("RNN") == 1 and result.parity.passed
+
+
+def test_unfused_or_mismatched_exports_are_refused(converted: dict) -> None:
+    """annotate() is the gate every exporter's model passes: a loop, or weights that are not the layer's, fail."""
+    model, result = converted["lstm-stacked-bidirectional-batch-first"]
+    params = parameters_of(model)
+    layers = recurrent_layers(params)
+
+    looped = onnx.ModelProto()
+    looped.CopyFrom(result.model)
+    looped.graph.node.append(onnx.helper.make_node("Scan", [], [], name="scan", num_scan_inputs=0))
+    with pytest.raises(ExportCheckError, match="holds Scan instead of fused recurrent ops"):
+        annotate(looped, layers, params)
+
+    swapped = dict(params)
+    weight = swapped["rnn.weight_ih_l1"].copy()
+    swapped["rnn.weight_ih_l1"] = np.concatenate([weight[5:10], weight[:5], weight[10:]])  # i <-> f
+    with pytest.raises(ExportCheckError, match="nn.LSTM 'rnn' layer 1 did not come out as a fused ONNX LSTM node"):
+        annotate(result.model, layers, swapped)
