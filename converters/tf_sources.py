@@ -87,9 +87,33 @@ def _guess_outputs(graph_def: Any) -> list[str]:
             ancestry[name] = frozenset(p for p in every if relevant[p].op != "Const")
     outputs = [name for name, found in ancestry.items()
                if not any(found < other for key, other in ancestry.items() if key != name)]
+    if any(node.name.startswith("gradients") for node in graph_def.node):
+        outputs = _predictions(outputs, relevant, parents, ancestors) or outputs
     if not outputs:
         raise UnsupportedSourceError("cannot tell the outputs of this TensorFlow graph; name them (outputs=[...])")
     return outputs
+
+
+def _predictions(losses: list[str], relevant: dict[str, Any], parents: dict[str, list[str]],
+                 ancestors: Any) -> list[str]:
+    """In a saved training graph the terminal node is the loss: take what it compares with the labels.
+
+    That is the last weight-dependent node before a node that also reads another placeholder (the
+    targets): ``prediction`` in ``loss = mean((prediction - target)**2)``.
+    """
+    found = []
+    for loss in losses:
+        nodes = [n for n in ancestors(loss) if n in relevant] + [loss]
+        lineage = {n: {p for p in ancestors(n) if p in relevant} | {n} for n in nodes}
+        feeds = {n: {p for p in lineage[n] if relevant[p].op == "Placeholder"} for n in nodes}
+        weighted = {n: any(_is_weight(relevant[p]) for p in lineage[n]) for n in nodes}
+        for node in nodes:
+            if relevant[node].op in ("Const", "Placeholder") or not weighted[node] or not feeds[node]:
+                continue
+            consumers = [c for c in nodes if node in parents.get(c, [])]
+            if any(feeds[c] > feeds[node] for c in consumers) and node not in found:
+                found.append(node)
+    return found
 
 
 def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,

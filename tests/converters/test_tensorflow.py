@@ -139,3 +139,14 @@ def test_zoo_checkpoint_converts_to_the_committed_model() -> None:
     (entry,) = result.annotations
     assert entry["source"]["variables"] == {"kernel": "rnn/basic_lstm_cell/kernel", "bias": "rnn/basic_lstm_cell/bias"}
     assert entry["source"]["folded"] == {"forget_bias": 1.0}
+
+
+def test_training_checkpoint_outputs_are_found_without_naming_them() -> None:
+    """The zoo checkpoint still holds its loss and Adam: the converter picks the prediction, not the loss."""
+    from converters import convert
+
+    root = Path(__file__).resolve().parents[2]
+    result = convert(root / "examples/tf_basic_lstm/checkpoint/model.meta")
+    assert [value.name for value in result.model.graph.input] == ["sequence"]
+    assert [value.name for value in result.model.graph.output] == ["prediction"]
+    assert "LSTM" in result.op_types()
