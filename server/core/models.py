@@ -43,7 +43,7 @@ class ModelVersion:
         self.required_inputs = [n for n, s in self.inputs.items() if not s.optional]
         self.stats = ModelStats()
         self.batcher: DynamicBatcher | None = None
-        db = config.get("dynamic_batching")
+        db = config.get("dynamic_batching") or (config.get("sequence_batching") or {}).get("oldest")
         if db is not None and self.max_batch_size > 0:
             self.batcher = DynamicBatcher(
                 runtime, self.stats, max_batch_size=self.max_batch_size,

@@ -149,24 +149,8 @@ def model_metadata_to_proto(meta: Mapping[str, Any]) -> pb.ModelMetadataResponse
 
 
 def model_config_to_proto(config: Mapping[str, Any]) -> pb.ModelConfigResponse:
-    cfg = from_json(one_scheduler(config), mc.ModelConfig(), f"the config of model '{config.get('name', '')}'")
+    cfg = from_json(config, mc.ModelConfig(), f"the config of model '{config.get('name', '')}'")
     return pb.ModelConfigResponse(config=cfg)
-
-
-def one_scheduler(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Triton's ModelConfig holds one scheduler (a oneof). A sequence model that is also batched
-    dynamically is described as Triton describes that: sequence_batching with the Oldest strategy,
-    which carries the dynamic batcher's queue delay and preferred batch sizes."""
-    if "dynamic_batching" not in config or "sequence_batching" not in config:
-        return config
-    dynamic = config["dynamic_batching"] or {}
-    sequence = dict(config["sequence_batching"] or {})
-    if "direct" not in sequence and "oldest" not in sequence:
-        sequence["oldest"] = {
-            key: dynamic[key] for key in ("preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering")
-            if key in dynamic
-        }
-    return {**{k: v for k, v in config.items() if k != "dynamic_batching"}, "sequence_batching": sequence}
 
 
 def statistics_to_proto(stats: Mapping[str, Any]) -> pb.ModelStatisticsResponse:
