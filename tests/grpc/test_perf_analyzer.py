@@ -20,10 +20,12 @@ CASES = {
     "add_sub-grpc": ("add_sub", "grpc", ["--concurrency-range", "2"]),
     "add_sub-http": ("add_sub", "http", ["--concurrency-range", "2"]),
     # A stateful model: perf_analyzer runs sequences (sequence_id/start/end), here over one stream.
-    "lstm_stream-grpc-streaming": ("lstm_stream", "grpc", ["--shape", "x:1,2", "--streaming", "--concurrency-range", "2"]),
-    "lstm_stream-http": ("lstm_stream", "http", ["--shape", "x:1,2"]),
-    # perf_analyzer's random BOOL bytes are not 0/1, which the core refuses: zeros instead.
-    "identity_types-grpc": ("identity_types", "grpc", [*ALL_TYPES, "-b", "2", "--input-data", "zero"]),
+    "lstm_stream-grpc-streaming": ("lstm_stream", "grpc", ["--shape", "x:1,2", "--streaming", "--concurrency-range",
+                                                           "2", "--sequence-length", "20"]),
+    "lstm_stream-grpc": ("lstm_stream", "grpc", ["--shape", "x:1,2", "--sequence-length", "10"]),
+    "lstm_stream-http": ("lstm_stream", "http", ["--shape", "x:1,2", "--sequence-length", "10"]),
+    # Random data, BOOL included: any nonzero byte is true, as in Triton.
+    "identity_types-grpc": ("identity_types", "grpc", [*ALL_TYPES, "-b", "2"]),
 }
 
 
