@@ -82,6 +82,13 @@ def convert(
     from converters import tf_sources
 
     say = progress or (lambda _stage: None)
+    keras_model = tf_sources.saved_keras_model(source)
+    if keras_model is not None:
+        # tf2onnx leaves a SavedModel's Keras GRU/SimpleRNN as Loop; the Keras converter fuses every one.
+        say("loading: SavedModel written by tf-keras, converting it as a Keras model")
+        from converters import keras as keras_converter
+
+        return keras_converter.convert(keras_model, inputs=inputs, opset=opset, atol=atol, progress=progress)
     say("loading")
     loaded = tf_sources.load(source, inputs=inputs, outputs=outputs)
     say("converting")

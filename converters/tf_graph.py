@@ -132,7 +132,7 @@ def _features(layer: str, loaded: Loaded) -> list[str]:
     if any(name.endswith(("w_f_diag", "w_i_diag", "w_o_diag")) for name in names):
         found.append("use_peepholes")
     if any("/projection/" in name for name in names):
-        found.append("num_proj: ONNX LSTM has no output projection")
+        found.append("num_proj: the projected output feeds the recurrence, which ONNX LSTM cannot express")
     base = layer.rsplit("/", 1)[-1]
     if any(f"/{base}/clip_by_value" in op for op in loaded.op_names):
         found.append("cell_clip: TF clips the cell state, ONNX LSTM's clip bounds the gate pre-activations")

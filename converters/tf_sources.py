@@ -208,6 +208,19 @@ def _from_saved_model(path: Path, inputs: list[InputSpec] | None) -> Loaded:
     return result
 
 
+def saved_keras_model(source: Any) -> Any | None:
+    """The tf-keras model behind a SavedModel directory that tf-keras wrote (it leaves keras_metadata.pb)."""
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source)
+    directory = path.parent if path.name == "saved_model.pb" else path
+    if not (directory / "keras_metadata.pb").is_file():
+        return None
+    import tf_keras
+
+    return tf_keras.models.load_model(str(directory), compile=False)
+
+
 def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
     if not isinstance(source, (str, Path)):
         if hasattr(source, "get_concrete_function"):

@@ -150,3 +150,17 @@ def test_training_checkpoint_outputs_are_found_without_naming_them() -> None:
     assert [value.name for value in result.model.graph.input] == ["sequence"]
     assert [value.name for value in result.model.graph.output] == ["prediction"]
     assert "LSTM" in result.op_types()
+
+
+def test_tf_keras_saved_model_with_gru_converts_through_the_keras_path(tmp_path: Path) -> None:
+    """tf2onnx would leave this GRU as a Loop; a tf-keras SavedModel is reloaded as Keras and rebuilt fused."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from converters import convert
+
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([tf_keras.Input((6, 3)), tf_keras.layers.GRU(4, name="gru_saved"),
+                                 tf_keras.layers.Dense(1)])
+    model.save(str(tmp_path / "saved"), save_format="tf")
+    result = convert(tmp_path / "saved")
+    assert "GRU" in result.op_types() and not {"Loop", "Scan"} & set(result.op_types())
+    assert result.parity.passed and result.annotations[0]["source"]["layer"] == "gru_saved"
