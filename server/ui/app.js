@@ -164,9 +164,42 @@ async function modelNames() {
   return (await client.modelStatistics()).model_stats.map((m) => m.name);
 }
 
+const KEY_ITEM = 'modelbridge-api-key';
+
+function useKey(key) {
+  // The runner downloads models through the same client, so it carries the key too.
+  client.headers = { ...client.headers, Authorization: `Bearer ${key}` };
+}
+
+/** A server that requires inference keys answers 401: ask for one (kept for this tab only). */
+function askForKey(message) {
+  setStatus(message, 'locked');
+  $('key-form').hidden = false;
+  $('key-form').onsubmit = (event) => {
+    event.preventDefault();
+    const key = $('key').value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_ITEM, key);
+    useKey(key);
+    $('key-form').hidden = true;
+    main();
+  };
+}
+
 async function main() {
   $('server').textContent = client.baseUrl;
-  state.models = [...new Set(await modelNames())].sort();
+  const saved = sessionStorage.getItem(KEY_ITEM);
+  if (saved) useKey(saved);
+  let names;
+  try {
+    names = await modelNames();
+  } catch (err) {
+    if (err.status !== 401 && err.status !== 403) throw err;
+    sessionStorage.removeItem(KEY_ITEM);
+    askForKey(`this server needs an API key: ${err.serverMessage}`);
+    return;
+  }
+  state.models = [...new Set(names)].sort();
   $('models').replaceChildren(...state.models.map((name) => {
     const li = document.createElement('li');
     const b = document.createElement('button');

@@ -17,6 +17,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,3 +294,26 @@ def test_readme_quick_start_is_the_tested_page() -> None:
     """clients/js/README.md shows server/ui/quickstart.html verbatim, the page the browser test runs."""
     page = (ROOT / "server" / "ui" / "quickstart.html").read_text()
     assert page in (JS / "README.md").read_text()
+
+
+def test_ui_asks_for_the_inference_key_and_then_works(tmp_path: Path) -> None:
+    """A server that requires inference keys: /ui shows a key form, and with the key lists and runs models."""
+    help_text = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout
+    if "--inference-keys" not in help_text:
+        pytest.skip("this server has no API keys")
+    key = "browser-test-inference-key-42"
+    proc = ServerProcess(copy_repository(tmp_path / "repo", ["lstm_tiny"]), extra_args=["--inference-keys", key])
+    proc.start()
+    try:
+        assert httpx.get(f"{proc.url}/v2/models/lstm_tiny").status_code == 401
+        result = run_browser({"url": proc.url, "models": [], "keyed": {"url": proc.url, "key": key, "model": "lstm_tiny"}},
+                             tmp_path)
+    finally:
+        proc.stop()
+    keyed = result["keyed"]
+    assert keyed["before"] == "locked", f"/ui did not ask for a key: {keyed}"
+    after = keyed["after"]
+    assert after["state"] == "done", f"/ui with the key: {after['text']}\n{result['console']}"
+    assert after["ui"]["models"] == ["lstm_tiny"]
+    assert after["ui"]["comparison"]["maxDiff"] <= TOLERANCE

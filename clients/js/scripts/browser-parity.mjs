@@ -7,7 +7,7 @@
 //   JOB: {url, models: [{name, inputs: [{name, datatype, shape, data}], parameters?,
 //                        recurrent?: {onnx_b64, extra_inputs? (state tensors), nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
 //         x / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
-//         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html'}
+//         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html', keyed?: {url, key, model}}
 //   64-bit integer data travels as strings.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -98,7 +98,7 @@ try {
   page.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
   page.on('request', (r) => out.requests.push(r.url()));
   await page.goto(`${job.url}/ui/`);
-  await page.waitForFunction(() => ['ready', 'done', 'error'].includes(document.getElementById('status').dataset.state));
+  await page.waitForFunction(() => ['ready', 'done', 'error', 'locked'].includes(document.getElementById('status').dataset.state));
   out.crossOriginIsolated = await page.evaluate(() => self.crossOriginIsolated);
   lap('ui-open');
   for (const model of job.models) {
@@ -127,6 +127,26 @@ try {
     await page.screenshot({ path: job.screenshot.path, fullPage: true });
     out.screenshot = { ...status, canvases: await page.evaluate(inkOf), path: job.screenshot.path };
     lap('screenshot');
+  }
+  if (job.keyed) {
+    // A server that requires an inference key: /ui asks for it, then works with it.
+    const keyed = await browser.newPage();
+    const stateOf = () => keyed.evaluate(() => document.getElementById('status').dataset.state);
+    const settled = (states) => keyed.waitForFunction((s) => s.includes(document.getElementById('status').dataset.state), states);
+    await keyed.goto(`${job.keyed.url}/ui/`);
+    await settled(['locked', 'ready', 'done', 'error']);
+    out.keyed = { before: await stateOf() };
+    await keyed.fill('#key', job.keyed.key);
+    await keyed.click('#key-form button');
+    await settled(['ready', 'done', 'error']);
+    await keyed.click(`#models button:text-is("${job.keyed.model}")`);
+    await settled(['done', 'error']);
+    out.keyed.after = await keyed.evaluate(() => ({
+      state: document.getElementById('status').dataset.state,
+      text: document.getElementById('status').textContent,
+      ui: window.modelbridgeUI,
+    }));
+    lap('keyed');
   }
 } finally {
   await browser.close();
