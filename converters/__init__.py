@@ -82,11 +82,32 @@ def convert(
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
     progress: ProgressCallback | None = None,
+    stateful: bool = False,
+    time_axis: int = 1,
+    **framework_options: Any,
 ) -> ConversionResult:
-    """Convert ``source`` (a path or an in-memory model) to ONNX, proven by a parity check."""
+    """Convert ``source`` (a path or an in-memory model) to ONNX, proven by a parity check.
+
+    ``stateful`` exports the step form (converters.stateful): recurrent state in and out as extra
+    inputs/outputs, proven by streaming ``time_axis`` of the inputs step by step.
+    ``framework_options`` go to the framework's converter (e.g. PyTorch ``exporter="torchscript"``).
+    """
     name = framework or detect_framework(source)
     module = framework_module(name)
-    result: ConversionResult = module.convert(source, inputs=inputs, opset=opset, atol=atol, progress=progress)
+    result: ConversionResult = module.convert(
+        source, inputs=inputs, opset=opset, atol=atol, progress=progress, **framework_options
+    )
+    if stateful:
+        from converters.annotations import read_annotations
+        from converters.stateful import check_streaming, make_stateful
+
+        if progress:
+            progress("converting to step form (stateful)")
+        model = make_stateful(result.model)
+        if progress:
+            progress("verifying: step-by-step state equals the whole sequence")
+        check_streaming(result.model, model, time_axis=time_axis)
+        result = ConversionResult(model=model, parity=result.parity, annotations=read_annotations(model))
     return result
 
 

@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     convert.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     convert.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                          help=f"largest absolute difference from the source allowed (default {DEFAULT_ATOL:g})")
+    convert.add_argument("--stateful", action="store_true",
+                         help="export the step form: every recurrent layer's state as an extra input and output, "
+                         "so the server can carry it between requests of a sequence")
+    convert.add_argument("--time-axis", type=int, default=1,
+                         help="the time axis of the inputs, for proving the step form (default 1: [batch, time, ...])")
     convert.set_defaults(func=run_convert)
 
     gates = subparsers.add_parser(
@@ -64,7 +69,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     try:
         result = convert(args.source, framework=args.framework, inputs=args.inputs, opset=args.opset,
-                         atol=args.atol, progress=progress)
+                         atol=args.atol, progress=progress, stateful=args.stateful, time_axis=args.time_axis)
     except ParityError as exc:
         print(f"error: {exc}\n{exc.report.summary()}", file=sys.stderr)
         return EXIT_FAILED

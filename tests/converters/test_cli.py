@@ -89,6 +89,8 @@ def test_cli_errors_name_the_problem(torchscript_file: tuple[Path, nn.Module], t
     (tmp_path / "notes.txt").write_text("hello")
     unknown = _cli("convert", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "x.onnx"))
     assert unknown.returncode == 1 and "cannot tell the framework of 'notes.txt'" in unknown.stderr
+    stateful = _cli("convert", str(source), "-o", str(tmp_path / "x.onnx"), "--input", "x:-1,-1,3", "--stateful")
+    assert stateful.returncode == 1 and "reads the sequence backwards" in stateful.stderr
     not_onnx = _cli("gates", str(tmp_path / "notes.txt"))
     assert not_onnx.returncode == 1 and "is not an ONNX model" in not_onnx.stderr
     assert not (tmp_path / "x.onnx").exists()

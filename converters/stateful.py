@@ -1,0 +1,156 @@
+"""Step form of a recurrent model (``--stateful``): the server carries h (and c) between requests.
+
+Every fused LSTM/GRU/RNN node gets its initial state from a new graph input and hands its final
+state to a new graph output, both batch-major ``[batch, directions, hidden]`` (the server's
+convention, server/core/sequences.py), and the pairs are listed in the model's ``metadata_props``
+under ``modelbridge.state``; each node's annotation records its pair under ``state``.  Fed zeros,
+the step form computes exactly what the original model does; fed the state it returned, the next
+chunk continues the sequence.  Reverse and bidirectional nodes read the sequence backwards, so
+they cannot be streamed and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import onnx
+
+from converters.annotations import (
+    ANNOTATION_KEY,
+    GATE_ORDERS,
+    describe_node,
+    node_annotation,
+    read_annotations,
+)
+from converters.parity import run_onnx, set_metadata, specs_of
+
+STATE_KEY = "modelbridge.state"
+
+
+class StatefulError(ValueError):
+    """A model that cannot be exported in step form (names the node and why)."""
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads (the zero-state builders we replaced)."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        dead = [index for index, node in enumerate(graph.node) if not any(out in used for out in node.output if out)]
+        if not dead:
+            return
+        for index in reversed(dead):
+            del graph.node[index]
+
+
+def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose recurrent nodes take and return their state as graph inputs/outputs."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    graph_inputs = {value.name for value in graph.input}
+    nodes = [node for node in graph.node if node.op_type in GATE_ORDERS]
+    if not nodes:
+        raise StatefulError("the model has no LSTM/GRU/RNN node, so it has no state to carry")
+    pairs: list[dict[str, str]] = []
+    entries = {entry["node"]: entry for entry in read_annotations(result)}
+    new_nodes: list[tuple[int, onnx.NodeProto]] = []
+    for index, node in enumerate(nodes):
+        described = describe_node(result, node)
+        label = f"{node.op_type} node {node.name!r}"
+        if described["direction"] != "forward":
+            raise StatefulError(f"{label} runs {described['direction']}: it reads the sequence backwards, "
+                                "so it cannot be streamed step by step")
+        if described["layout"] != 0:
+            raise StatefulError(f"{label} has layout {described['layout']}; only layout 0 is supported")
+        kinds = ["h", "c"] if node.op_type == "LSTM" else ["h"]
+        while len(node.input) < 5 + len(kinds):
+            node.input.append("")
+        while len(node.output) < 1 + len(kinds):
+            node.output.append("")
+        state: dict[str, Any] = {}
+        for kind in kinds:
+            slot = 5 if kind == "h" else 6
+            if node.input[slot] in graph_inputs:
+                raise StatefulError(f"{label} already takes initial_{kind} from graph input {node.input[slot]!r}")
+            state_in, state_out = f"state_{index}_{kind}", f"state_{index}_{kind}_out"
+            fed, returned = f"{node.name}.initial_{kind}", node.output[slot - 4] or f"{node.name}.Y_{kind}"
+            node.output[slot - 4] = returned
+            node.input[slot] = fed
+            dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype("float32"))
+            shape = ["batch", 1, described["hidden_size"]]
+            graph.input.append(onnx.helper.make_tensor_value_info(state_in, dtype, shape))
+            graph.output.append(onnx.helper.make_tensor_value_info(state_out, dtype, shape))
+            position = list(graph.node).index(node)
+            new_nodes.append((position, onnx.helper.make_node("Transpose", [state_in], [fed], perm=[1, 0, 2],
+                                                              name=f"{node.name}.state_{kind}_in")))
+            graph.node.append(onnx.helper.make_node("Transpose", [returned], [state_out], perm=[1, 0, 2],
+                                                    name=f"{node.name}.state_{kind}_out"))
+            pairs.append({"input": state_in, "output": state_out})
+            state[f"initial_{kind}"] = {"input": state_in, "output": state_out, "shape": "[batch, 1, hidden_size]",
+                                        "initial": "zeros"}
+        entry = node_annotation(node) or entries.get(node.name)
+        if entry is not None:
+            entry["state"] = state
+            set_metadata(node.metadata_props, ANNOTATION_KEY, json.dumps(entry, sort_keys=True))
+            entries[node.name] = entry
+    for position, transpose in sorted(new_nodes, key=lambda item: -item[0]):
+        graph.node.insert(position, transpose)
+    _prune(graph)
+    if entries:
+        ordered = [entries[node.name] for node in nodes if node.name in entries]
+        set_metadata(result.metadata_props, ANNOTATION_KEY, json.dumps(ordered, sort_keys=True))
+    set_metadata(result.metadata_props, STATE_KEY, json.dumps(pairs))
+    onnx.checker.check_model(result)
+    return result
+
+
+def state_pairs(model: onnx.ModelProto) -> list[dict[str, str]]:
+    for prop in model.metadata_props:
+        if prop.key == STATE_KEY:
+            value: list[dict[str, str]] = json.loads(prop.value)
+            return value
+    return []
+
+
+def check_streaming(
+    original: onnx.ModelProto, stateful: onnx.ModelProto, *, time_axis: int = 1, steps: int = 6, atol: float = 1e-5
+) -> float:
+    """Prove the step form: zero state == original, and step-by-step final state == whole-sequence state.
+
+    Sequence inputs are split along ``time_axis``.  Returns the largest difference seen.
+    """
+    pairs = state_pairs(stateful)
+    state_names = {pair["input"] for pair in pairs}
+    specs = [spec for spec in specs_of(stateful) if spec.name not in state_names]
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in specs:
+        shape = list(spec.concrete_shape(dynamic=2))
+        if len(shape) > time_axis and spec.shape[time_axis] is None:
+            shape[time_axis] = steps
+        feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    batch = next(iter(feeds.values())).shape[0]
+    zeros = {}
+    for pair in pairs:
+        value = next(v for v in stateful.graph.input if v.name == pair["input"])
+        hidden = value.type.tensor_type.shape.dim[2].dim_value
+        zeros[pair["input"]] = np.zeros((batch, 1, hidden), np.float32)
+    worst = 0.0
+    whole = run_onnx(stateful, {**feeds, **zeros})
+    plain = run_onnx(original, feeds)
+    for name, value in plain.items():
+        worst = max(worst, float(np.max(np.abs(whole[name] - value))))
+    carried = dict(zeros)
+    for step in range(steps):
+        chunk = {name: np.take(value, [step], axis=time_axis) if value.ndim > time_axis else value
+                 for name, value in feeds.items()}
+        out = run_onnx(stateful, {**chunk, **carried})
+        carried = {pair["input"]: out[pair["output"]] for pair in pairs}
+    for pair in pairs:
+        worst = max(worst, float(np.max(np.abs(carried[pair["input"]] - whole[pair["output"]]))))
+    if worst > atol:
+        raise StatefulError(f"the step form does not reproduce the whole sequence (max difference {worst:.3g} > "
+                            f"{atol:g}); is time axis {time_axis} right, and is every step independent of later ones?")
+    return worst
