@@ -188,8 +188,9 @@ def _export_dynamo(model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec]
 def _export_torchscript(model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], outputs: list[str], opset: int) -> onnx.ModelProto:
     if isinstance(model, torch.export.ExportedProgram):
         raise ExportCheckError("the TorchScript exporter cannot read an ExportedProgram")
-    dynamic_axes = {spec.name: {axis: f"{spec.name}_dim{axis}" for axis, dim in enumerate(spec.shape) if dim is None}
-                    for spec in specs}
+    # axis 0 is the batch of every input (and of the step form's state tensors): one shared name
+    dynamic_axes = {spec.name: {axis: "batch" if axis == 0 else f"{spec.name}_dim{axis}"
+                                for axis, dim in enumerate(spec.shape) if dim is None} for spec in specs}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
