@@ -25,6 +25,7 @@ from converters import parity as parity_check
 from converters.annotations import annotate_recurrent_node
 from converters.keras_layers import RECURRENT_LAYERS, GraphBuilder, UnsupportedLayerError, emit
 from converters.parity import DEFAULT_ATOL
+from converters.prelu_rewrite import rewrite_prelu
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 
@@ -162,6 +163,7 @@ def _via_tf2onnx(model: Any, spec: InputSpec, *, opset: int) -> onnx.ModelProto:
     signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name)]
     function = tf.function(lambda x: model(x, training=False), input_signature=signature)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    rewrite_prelu(proto)  # Keras 3's PReLU arrives as Relu/Neg/Mul/Add
     left = sorted({node.op_type for node in proto.graph.node} & {"Loop", "Scan"})
     if left:
         raise UnsupportedLayerError(f"Keras model {model.name!r} converted with {', '.join(left)} nodes left")

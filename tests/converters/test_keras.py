@@ -184,12 +184,17 @@ def test_cli_converts_a_keras_file(tmp_path: Path) -> None:
     assert parity.read(saved) is not None and gates.split_gates(saved)["nodes"][0]["source"]["layer"] == model.layers[0].name
 
 
-def test_layers_without_recurrence_fall_back_to_tf2onnx() -> None:
+def test_layers_without_recurrence_fall_back_to_tf2onnx_with_prelu_rewritten() -> None:
     from converters import keras as keras_converter
 
-    model = sequential(keras.layers.Dense(4), keras.layers.LayerNormalization(), keras.layers.Dense(2), shape=(3,))
+    model = sequential(keras.layers.Dense(4), keras.layers.LayerNormalization(), keras.layers.PReLU(),
+                       keras.layers.Dense(2), shape=(3,))
+    model.layers[2].alpha.assign(np.array([0.1, 0.2, 0.3, 0.4], "float32"))
     result = keras_converter.convert(model, opset=17)
     assert result.parity.passed and result.annotations == []
+    ops = result.op_types()
+    assert "ReduceMean" in ops  # LayerNormalization came through tf2onnx
+    assert ops.count("PRelu") == 1 and "Relu" not in ops
 
 
 @pytest.mark.parametrize(
