@@ -58,6 +58,7 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_batch = 0
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._in_flight = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -86,13 +87,26 @@ class DynamicBatcher:
 
     def _flush(self) -> None:
         self._scheduled = None
-        if not self._queue:
-            return
+        if not self._queue or self._in_flight >= self.runtime.instances:
+            return  # a finishing batch flushes again
         items = self._take()
-        self._run(items)
-        if self._queue:
+        if self.runtime.offloaded:
+            # The batch runs on a worker thread; meanwhile the loop keeps queueing the next one.
+            self._in_flight += 1
+            task = asyncio.ensure_future(self._run_offloaded(items))
+            task.add_done_callback(self._batch_done)
+        else:
+            self._run(items)
+            self._reschedule()
+
+    def _reschedule(self) -> None:
+        if self._queue and self._scheduled is None:
             loop = asyncio.get_running_loop()
             self._schedule(loop, now=self._queued_batch >= self.preferred or self.delay <= 0)
+
+    def _batch_done(self, _task: asyncio.Future) -> None:
+        self._in_flight -= 1
+        self._reschedule()
 
     def _take(self) -> list[_Item]:
         """The oldest request and every queued request like it, up to max_batch_size, in order."""
@@ -117,24 +131,40 @@ class DynamicBatcher:
         if len(live) == 1:
             self._execute_one(live[0], start)
             return
-        names = live[0].names
-        total = sum(i.batch for i in live)
         try:
             feeds = {k: np.concatenate([i.feeds[k] for i in live]) for k in live[0].feeds}
             t1 = time.perf_counter_ns()
-            arrays = self.runtime.run(feeds, names)
-            t2 = time.perf_counter_ns()
-            if any(a.ndim == 0 or a.shape[0] != total for a in arrays):
-                raise ValueError("outputs are not batched along the first axis")
+            arrays = self.runtime.run(feeds, live[0].names)
+            self._deliver(live, arrays, start, t1, time.perf_counter_ns())
         except (ModelBridgeError, ValueError):
             for item in live:
                 self._execute_one(item, start)
+
+    async def _run_offloaded(self, items: list[_Item]) -> None:
+        start = time.perf_counter_ns()
+        live = [i for i in items if not i.future.cancelled()]
+        if not live:
             return
+        try:
+            feeds = {k: np.concatenate([i.feeds[k] for i in live]) for k in live[0].feeds}
+            t1 = time.perf_counter_ns()
+            arrays = await self.runtime.run_async(feeds, live[0].names)
+            self._deliver(live, arrays, start, t1, time.perf_counter_ns())
+        except (ModelBridgeError, ValueError):
+            for item in live:
+                if not item.future.done():
+                    self._execute_one(item, start)
+
+    def _deliver(self, live: list[_Item], arrays: list[np.ndarray], start: int, t1: int, t2: int) -> None:
+        total = sum(i.batch for i in live)
+        if any(a.ndim == 0 or a.shape[0] != total for a in arrays):
+            raise ValueError("outputs are not batched along the first axis")
         offset = 0
         for item in live:
             part = [a[offset : offset + item.batch] for a in arrays]
             offset += item.batch
-            item.future.set_result(BatchResult(part, start - item.enqueued_ns))
+            if not item.future.done():
+                item.future.set_result(BatchResult(part, start - item.enqueued_ns))
         t3 = time.perf_counter_ns()
         self.stats.record_execution(batch=total, input_ns=t1 - start, infer_ns=t2 - t1, output_ns=t3 - t2,
                                     requests=len(live))
@@ -144,8 +174,10 @@ class DynamicBatcher:
         try:
             arrays = self.runtime.run(item.feeds, item.names)
         except ModelBridgeError as exc:
-            item.future.set_exception(exc)
+            if not item.future.done():
+                item.future.set_exception(exc)
             return
         t2 = time.perf_counter_ns()
         self.stats.record_execution(batch=item.batch, input_ns=t1 - start, infer_ns=t2 - t1, output_ns=0)
-        item.future.set_result(BatchResult(arrays, start - item.enqueued_ns))
+        if not item.future.done():
+            item.future.set_result(BatchResult(arrays, start - item.enqueued_ns))

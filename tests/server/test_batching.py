@@ -20,9 +20,9 @@ dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 500
 
 @pytest.fixture(scope="module")
 def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    repo = copy_repository(tmp_path_factory.mktemp("batching") / "repo", ["lstm_tiny", "add_sub"])
-    (repo / "lstm_tiny" / "config.pbtxt").write_text(CONFIG)
-    (repo / "add_sub" / "config.pbtxt").write_text(CONFIG)
+    repo = copy_repository(tmp_path_factory.mktemp("batching") / "repo", ["lstm_tiny", "add_sub", "autoencoder"])
+    for model in ("lstm_tiny", "add_sub", "autoencoder"):
+        (repo / model / "config.pbtxt").write_text(CONFIG)
     proc = ServerProcess(repo).start()
     yield proc
     proc.stop()
@@ -116,3 +116,31 @@ def test_config_reports_dynamic_batching(batching_server: ServerProcess) -> None
     assert cfg["max_batch_size"] == 8
 
 
+
+
+def test_slow_model_batches_on_a_worker_thread(batching_server: ServerProcess) -> None:
+    """The autoencoder's runs take milliseconds, so they leave the event loop for a worker thread
+    (runtime.OFFLOAD_NS); batched answers must still equal unbatched onnxruntime."""
+    sess = ort.InferenceSession(str(EXAMPLES / "autoencoder" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    rng = np.random.default_rng(4)
+    xs = [rng.random((1, 784), dtype=np.float32) for _ in range(24)]
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=batching_server.url, timeout=60) as client:
+            first = await client.post("/v2/models/autoencoder/infer", json={"inputs": [
+                {"name": name, "shape": [1, 784], "datatype": "FP32", "data": xs[0].reshape(-1).tolist()}]})
+            rest = await asyncio.gather(*(client.post("/v2/models/autoencoder/infer", json={"inputs": [
+                {"name": name, "shape": [1, 784], "datatype": "FP32", "data": x.reshape(-1).tolist()}]})
+                for x in xs[1:]))
+            return [first, *rest]
+
+    before = httpx.get(batching_server.url + "/v2/models/autoencoder/stats").json()["model_stats"][0]
+    for x, r in zip(xs, asyncio.run(run())):
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]),
+                                   sess.run(None, {name: x})[0], atol=1e-5)
+    after = httpx.get(batching_server.url + "/v2/models/autoencoder/stats").json()["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 24
+    assert after["execution_count"] - before["execution_count"] < 24
