@@ -7,7 +7,8 @@
 //   JOB: {url, models: [{name, inputs: [{name, datatype, shape, data}], parameters?,
 //                        recurrent?: {onnx_b64, extra_inputs? (state tensors), nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
 //         x / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
-//         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html', keyed?: {url, key, model}}
+//         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html', keyed?: {url, key, model},
+//         pages?: [url of a page that sets #out[data-done=yes] with a JSON verdict]}
 //   64-bit integer data travels as strings.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -127,6 +128,19 @@ try {
     await page.screenshot({ path: job.screenshot.path, fullPage: true });
     out.screenshot = { ...status, canvases: await page.evaluate(inkOf), path: job.screenshot.path };
     lap('screenshot');
+  }
+  if (job.pages) {
+    // Pages that write their verdict (JSON) into #out, e.g. a page on another origin using the client.
+    out.pages = {};
+    for (const url of job.pages) {
+      const other = await browser.newPage();
+      other.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
+      await other.goto(url);
+      await other.waitForFunction(() => document.getElementById('out').dataset.done === 'yes', null, { timeout: 120000 });
+      out.pages[url] = JSON.parse(await other.evaluate(() => document.getElementById('out').textContent));
+      await other.close();
+    }
+    lap('pages');
   }
   if (job.keyed) {
     // A server that requires an inference key: /ui asks for it, then works with it.

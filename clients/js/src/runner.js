@@ -169,7 +169,10 @@ export class LocalRunner {
     const { bytes, etag, source } = await fetchModelBytes(this.client, this.cache, model, { version });
     const key = `${model}/${version ?? ''}`;
     const previous = this.loaded.get(key);
-    if (previous && previous.etag === etag) return previous;
+    if (previous && previous.etag === etag) {
+      previous.source = source; // how this load got its bytes: revalidated ('cache') or downloaded again
+      return previous;
+    }
     const [session, device] = await this.createSession(bytes);
     // Stateful models declare their state tensors in the config (Triton's sequence_batching.state).
     const config = await this.client.modelConfig(model, { version }).catch((err) => {

@@ -134,8 +134,7 @@ test('local runner (onnxruntime-web in Node) answers like the server; the second
     remote.outputs.map((o) => [o.name, o.datatype, o.shape, Array.from(o.data)]));
   const reloaded = await runner.load('add_sub');
   assert.equal(reloaded, local); // same ETag: same session
-  const { source } = await import('../src/model-cache.js').then((m) => m.fetchModelBytes(client, runner.cache, 'add_sub'));
-  assert.equal(source, 'cache');
+  assert.equal(reloaded.source, 'cache'); // revalidated with If-None-Match: 304, nothing downloaded
 });
 
 test('one flag switches a model handle between the server and the local runner', async () => {
