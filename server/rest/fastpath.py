@@ -3,15 +3,21 @@
 POST .../infer is the one route that carries load; routing it through FastAPI's request objects,
 dependency resolution and response classes costs more than running a small model. This handler
 does the same translation as every other route (bytes -> codec -> service -> codec -> bytes) with
-nothing in between; everything else falls through to FastAPI.
+nothing in between; everything else falls through to FastAPI. Its core, `infer_handler`, is a plain
+bytes-in/bytes-out function that server.rest.http11 calls without any ASGI at all.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from server.core.errors import ModelBridgeError, PayloadTooLarge
+import orjson
+
+from server.core.auth import KeyRing
+from server.core.auth import Scope as AuthScope
+from server.core.errors import ErrorKind, ModelBridgeError, PayloadTooLarge
 from server.core.service import InferenceService
 from server.rest import codec
 from server.rest.errors import HTTP_STATUS
@@ -37,10 +43,96 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
     return None
 
 
+Headers = list[tuple[bytes, bytes]]
+InferResult = tuple[int, Headers, bytes]
+# (model, version, body, Inference-Header-Content-Length, request headers) -> (status, headers, payload);
+# the transport adds content-length and framing.
+InferHandler = Callable[[str, str, bytes, "str | None", Headers], Awaitable[InferResult]]
+
+
+def infer_handler(service: InferenceService) -> InferHandler:
+    """The inference route as bytes in, bytes out: shared by InferFastPath (ASGI) and http11's server."""
+
+    async def handle(model: str, version: str, body: bytes, header_length: str | None,
+                     headers: Headers) -> InferResult:
+        try:
+            mv = service.model_version(model, version)  # an unknown model is a 404 whatever the body
+            req, pref, binary_all = codec.decode_request(body, header_length, model, version, mv)
+            resp = await service.infer(req)
+            payload, json_len = codec.encode_response(resp, pref, binary_all)
+        except ModelBridgeError as exc:
+            return error_result(HTTP_STATUS[exc.kind], exc.message, exc.retry_after)
+        except Exception:  # a bug must still answer, and be logged
+            log.exception("unexpected error in inference")
+            return error_result(500, "internal error during inference", None)
+        if json_len is None:
+            return 200, _JSON_HEADERS, payload
+        return 200, [(b"content-type", b"application/octet-stream"),
+                     (b"inference-header-content-length", str(json_len).encode())], payload
+
+    return handle
+
+
+def error_result(status: int, message: str, retry_after: float | None,
+                 extra: Headers | None = None) -> InferResult:
+    headers = list(_JSON_HEADERS)
+    if retry_after:
+        headers.append((b"retry-after", str(max(1, int(retry_after + 0.999))).encode()))
+    if extra:
+        headers.extend(extra)
+    return status, headers, orjson.dumps({"error": message})
+
+
+def secure_infer(handler: InferHandler, keys: KeyRing, *, cors_origins: list[str]) -> InferHandler:
+    """What server.rest.security's layers do for POST .../infer, for a server that calls `handler` without
+    ASGI: the API key check (inference scope), and CORSMiddleware's headers on the answer."""
+    from server.rest.security import CORS_EXPOSE
+
+    allow_all = "*" in cors_origins
+    allowed = {o.encode("latin-1") for o in cors_origins}
+    expose = ", ".join(CORS_EXPOSE).encode()
+
+    def cors(headers: Headers, answer: Headers) -> Headers:
+        origin = None
+        for name, value in headers:
+            if name == b"origin":
+                origin = value
+                break
+        extra = list(answer)
+        if origin is not None:
+            extra.append((b"access-control-expose-headers", expose))
+            if allow_all:
+                extra.append((b"access-control-allow-origin", b"*"))
+            elif origin in allowed:
+                extra.append((b"access-control-allow-origin", origin))
+        extra.append((b"vary", b"Origin"))
+        return extra
+
+    async def handle(model: str, version: str, body: bytes, header_length: str | None,
+                     headers: Headers) -> InferResult:
+        if not keys.inference_open:
+            authorization = None
+            for name, value in headers:
+                if name == b"authorization":
+                    authorization = value
+                    break
+            try:
+                keys.check(AuthScope.INFERENCE, authorization)
+            except ModelBridgeError as exc:
+                extra = ([(b"www-authenticate", b'Bearer realm="modelbridge"')]
+                         if exc.kind is ErrorKind.UNAUTHENTICATED else [])
+                result = error_result(HTTP_STATUS[exc.kind], exc.message, None, extra)
+                return (result[0], cors(headers, result[1]), result[2]) if cors_origins else result
+        status, answer, payload = await handler(model, version, body, header_length, headers)
+        return (status, cors(headers, answer), payload) if cors_origins else (status, answer, payload)
+
+    return handle
+
+
 class InferFastPath:
     def __init__(self, app: Callable[..., Awaitable[None]], service: InferenceService, *, max_body_bytes: int) -> None:
         self.app = app
-        self.service = service
+        self.handle = infer_handler(service)
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,23 +157,11 @@ class InferFastPath:
                     f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes"
                 )
             body = await self._read_body(receive)
-            mv = self.service.model_version(model, version)  # an unknown model is a 404 whatever the body
-            req, pref, binary_all = codec.decode_request(body, header_len, model, version, mv)
-            resp = await self.service.infer(req)
-            payload, json_len = codec.encode_response(resp, pref, binary_all)
         except ModelBridgeError as exc:
-            await _send_error(send, HTTP_STATUS[exc.kind], exc.message, exc.retry_after)
-            return
-        except Exception:  # a bug must still answer, and be logged
-            log.exception("unexpected error in inference")
-            await _send_error(send, 500, "internal error during inference", None)
-            return
-        if json_len is None:
-            headers = _JSON_HEADERS
+            status, headers, payload = error_result(HTTP_STATUS[exc.kind], exc.message, exc.retry_after)
         else:
-            headers = [(b"content-type", b"application/octet-stream"),
-                       (b"inference-header-content-length", str(json_len).encode())]
-        await send({"type": "http.response.start", "status": 200,
+            status, headers, payload = await self.handle(model, version, body, header_len, scope["headers"])
+        await send({"type": "http.response.start", "status": status,
                     "headers": headers + [(b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 
@@ -102,14 +182,3 @@ class InferFastPath:
                 raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-async def _send_error(send: Send, status: int, message: str, retry_after: float | None) -> None:
-    import orjson
-
-    body = orjson.dumps({"error": message})
-    headers = _JSON_HEADERS + [(b"content-length", str(len(body)).encode())]
-    if retry_after:
-        headers.append((b"retry-after", str(max(1, int(retry_after + 0.999))).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
