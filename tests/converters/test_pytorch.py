@@ -214,3 +214,15 @@ def test_unfused_or_mismatched_exports_are_refused(converted: dict) -> None:
     swapped["rnn.weight_ih_l1"] = np.concatenate([weight[5:10], weight[:5], weight[10:]])  # i <-> f
     with pytest.raises(ExportCheckError, match="nn.LSTM 'rnn' layer 1 did not come out as a fused ONNX LSTM node"):
         annotate(result.model, layers, swapped)
+
+
+def test_scripted_torchscript_file(tmp_path) -> None:
+    """torch.jit.script keeps the module's control flow; the LSTM must still come out fused."""
+    torch.manual_seed(10)
+    model = Sequence(nn.LSTM(3, 4, num_layers=2, batch_first=True), 4).eval()
+    torch.jit.script(model).save(str(tmp_path / "scripted.pt"))
+    result = convert(tmp_path / "scripted.pt", inputs=[InputSpec("x", (None, None, 3))])
+    ops = _ops(result)
+    assert ops.count("LSTM") == 2 and not {"Loop", "Scan", "If"} & set(ops) and result.parity.passed
+    assert [entry["source"]["variables"]["forward.W"] for entry in result.annotations] == [
+        "rnn.weight_ih_l0", "rnn.weight_ih_l1"]
