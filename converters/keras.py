@@ -89,7 +89,8 @@ def input_spec(model: Any, inputs: list[InputSpec] | None) -> InputSpec:
                                          f"rank {len(declared)} {list(declared)}")
         return spec
     name = str(getattr(model.inputs[0], "name", "input")).split(":")[0] or "input"
-    return InputSpec(name, declared, "float32")
+    dtype = model.inputs[0].dtype
+    return InputSpec(name, declared, str(getattr(dtype, "name", dtype)))
 
 
 def layer_chain(model: Any) -> list[Any]:

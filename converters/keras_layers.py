@@ -154,6 +154,12 @@ def emit_simple(b: GraphBuilder, layer: Any, x: str) -> str:
         return emit_dense(b, layer, x)
     if kind == "PReLU":
         return emit_prelu(b, layer, x)
+    if kind == "Embedding":
+        if config.get("mask_zero"):
+            raise UnsupportedLayerError(f"layer {layer.name!r} (Embedding): mask_zero=True masks the layers after "
+                                        "it, which ONNX recurrent ops cannot express (sequence_lens is not a mask)")
+        table = b.const(f"{layer.name}/embeddings", value(layer.embeddings))
+        return b.add("Gather", [table, x], base=layer.name, axis=0)[0]
     if kind == "Flatten":
         return b.add("Flatten", [x], base=layer.name, axis=1)[0]
     if kind == "Reshape":

@@ -159,6 +159,22 @@ def test_dense_prelu_softmax_become_natural_onnx_ops() -> None:
     assert result.parity.passed
 
 
+def test_embedding_feeds_an_lstm_with_integer_tokens() -> None:
+    from converters import keras as keras_converter
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((7,), dtype="int32"), keras.layers.Embedding(12, 4),
+                              keras.layers.LSTM(3), keras.layers.Dense(2, activation="softmax")])
+    result = keras_converter.convert(model, opset=17)
+    assert result.op_types()[0] == "Gather" and "LSTM" in result.op_types()
+    assert result.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert result.parity.passed
+    masked = keras.Sequential([keras.Input((7,), dtype="int32"), keras.layers.Embedding(12, 4, mask_zero=True),
+                               keras.layers.LSTM(3)])
+    with pytest.raises(UnsupportedLayerError, match="mask_zero"):
+        keras_converter.convert(masked, opset=17)
+
+
 def test_keras_file_converts_through_the_framework_table(tmp_path: Path) -> None:
     from converters import convert
 
