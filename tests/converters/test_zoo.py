@@ -54,3 +54,20 @@ def test_bigru_classifier_gates_and_reference() -> None:
         np.testing.assert_allclose(value, actual[tensor], atol=1e-5, rtol=0)
     probabilities = parity.run_onnx(model, feeds)["output"]
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+
+
+RECURRENT_MODELS = sorted(
+    path.parents[1].name for path in REPOSITORY.glob("*/1/model.onnx")
+    if gates.recurrent_nodes(onnx.load(path, load_external_data=False))
+)
+
+
+@pytest.mark.parametrize("name", RECURRENT_MODELS)
+def test_numpy_reference_equals_onnxruntime_for_every_repository_model(name: str) -> None:
+    model = _load(name)
+    feeds = parity.random_feeds(model, seed=5, dynamic=4)
+    reference = run_reference(model, feeds)
+    actual = intermediates(model, feeds, list(reference))
+    assert reference
+    for tensor, value in reference.items():
+        np.testing.assert_allclose(value, actual[tensor], atol=1e-5, rtol=0, err_msg=f"{name}: {tensor}")
