@@ -1,6 +1,6 @@
 // The /ui demo page: models of the repository, their metadata, one inference on the server and one
 // in this page (onnxruntime-web) side by side, the sine example, per-gate weight heatmaps.
-import { InferenceClient, createLocalRunner } from './vendor/modelbridge.js';
+import { InferenceClient, createLocalRunner, openModel } from './vendor/modelbridge.js';
 import { drawLines, heatmap, maxAbs } from './plots.js';
 import { sampleInputs, sineSeries, windowShape } from './samples.js';
 
@@ -109,6 +109,37 @@ async function sine(name, metadata) {
   $('sine').hidden = false;
 }
 
+/**
+ * A stateful model streamed live: one step per request, a sine per input feature (phase-shifted), the
+ * server keeping the state in one sequence and this page's runner in another; the plot grows per step.
+ */
+async function stream(name, metadata) {
+  const input = metadata.inputs[0];
+  const features = input.shape[input.shape.length - 1] > 0 ? input.shape[input.shape.length - 1] : 1;
+  const steps = 60;
+  const remote = openModel(client, name).sequence();
+  const local = openModel(client, name, { local: true, runner }).sequence();
+  const [server, browser] = [[], []];
+  $('stream').hidden = false;
+  for (let t = 0; t < steps; t++) {
+    const data = Array.from({ length: features }, (_, f) => 0.9 * Math.sin(0.1 * t + (f * Math.PI) / 2));
+    const x = [{ name: input.name, datatype: input.datatype, shape: [1, 1, features], data }];
+    const last = t === steps - 1;
+    const [r, b] = await Promise.all([remote.step(x, { end: last }), local.step(x, { end: last })]);
+    const value = (res) => { const y = res.outputs[0].data; return Number(y[y.length - 1]); };
+    server.push([t, value(r)]);
+    browser.push([t, value(b)]);
+    drawLines($('stream-plot'), [
+      { color: '#2f6fde', width: 3, points: server },
+      { color: '#f29900', dash: [6, 4], points: browser },
+    ]);
+  }
+  const diff = maxDiff(server.map((p) => p[1]), browser.map((p) => p[1]));
+  $('stream-legend').textContent = `${steps} steps of ${name}'s last output · blue: server (sequence ${remote.id}) · `
+    + `orange dashed: this page — max |diff| ${diff.toExponential(2)}`;
+  state.stream = { model: name, steps, maxDiff: diff };
+}
+
 async function gates(name) {
   const doc = await client.gates(name);
   $('gates-panel').hidden = !doc.nodes.length;
@@ -139,6 +170,7 @@ async function select(name) {
   $('detail').hidden = false;
   $('model-name').textContent = name;
   $('sine').hidden = true;
+  $('stream').hidden = true;
   try {
     const [metadata, config] = await Promise.all([client.modelMetadata(name), client.modelConfig(name)]);
     const io = (list) => list.map((t) => [t.name, t.datatype, `[${t.shape}]`]);
@@ -151,6 +183,7 @@ async function select(name) {
     const recurrent = await gates(name);
     const t2 = performance.now();
     if (name === 'sine_lstm' && recurrent) await sine(name, metadata);
+    if (config.sequence_batching?.state?.length) await stream(name, metadata);
     state.ms = { compare: t1 - t0, gates: t2 - t1, sine: performance.now() - t2 };
     setStatus(`${name}: done`, 'done');
   } catch (err) {

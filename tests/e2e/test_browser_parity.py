@@ -297,23 +297,25 @@ def test_readme_quick_start_is_the_tested_page() -> None:
 
 
 def test_ui_asks_for_the_inference_key_and_then_works(tmp_path: Path) -> None:
-    """A server that requires inference keys: /ui shows a key form, and with the key lists and runs models."""
+    """A server that requires inference keys: /ui shows a key form, and with the key lists and runs models,
+    here the stateful lstm_stream, which /ui also streams step by step (server-kept vs page-kept state)."""
     help_text = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout
     if "--inference-keys" not in help_text:
         pytest.skip("this server has no API keys")
     key = "browser-test-inference-key-42"
-    proc = ServerProcess(copy_repository(tmp_path / "repo", ["lstm_tiny"]), extra_args=["--inference-keys", key])
+    proc = ServerProcess(copy_repository(tmp_path / "repo", ["lstm_stream"]), extra_args=["--inference-keys", key])
     proc.start()
     try:
-        assert httpx.get(f"{proc.url}/v2/models/lstm_tiny").status_code == 401
-        result = run_browser({"url": proc.url, "models": [], "keyed": {"url": proc.url, "key": key, "model": "lstm_tiny"}},
-                             tmp_path)
+        assert httpx.get(f"{proc.url}/v2/models/lstm_stream").status_code == 401
+        keyed_job = {"url": proc.url, "key": key, "model": "lstm_stream"}
+        result = run_browser({"url": proc.url, "models": [], "keyed": keyed_job}, tmp_path)
     finally:
         proc.stop()
     keyed = result["keyed"]
     assert keyed["before"] == "locked", f"/ui did not ask for a key: {keyed}"
     after = keyed["after"]
     assert after["state"] == "done", f"/ui with the key: {after['text']}\n{result['console']}"
-    assert after["ui"]["models"] == ["lstm_tiny"]
+    assert after["ui"]["models"] == ["lstm_stream"]
     assert after["ui"]["comparison"]["maxDiff"] <= TOLERANCE
+    assert after["ui"]["stream"]["steps"] == 60 and after["ui"]["stream"]["maxDiff"] <= TOLERANCE, after["ui"]["stream"]
