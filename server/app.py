@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ class _Server(uvicorn.Server):
 def _uvicorn(app: Any, host: str, port: int, settings: Settings) -> _Server:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-        loop="none", timeout_graceful_shutdown=int(settings.shutdown_grace_secs),
+        loop="none", timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_secs),
         http=guarded_http_protocol(settings.header_timeout_secs) if settings.header_timeout_secs > 0 else "httptools",
         limit_concurrency=settings.max_concurrent_requests or None,
     )
