@@ -75,6 +75,16 @@ def test_poll_mode_picks_up_and_drops_versions_under_load(tmp_path: Path) -> Non
                  "version 1 is served again under the new policy")
         assert http.get("/v2/models/add_sub/versions/2/ready").status_code == 200
 
+        # A broken push (version 3 is not a model): the reload fails and the loaded versions keep serving.
+        (repo / "add_sub" / "3").mkdir()
+        (repo / "add_sub" / "3" / "model.onnx").write_bytes(b"not an onnx model")
+        wait_for(lambda: "poll: model add_sub failed to reload" in server.log(), "the failed reload is logged")
+        seen = sum(len(t.results) for t in load)
+        wait_for(lambda: sum(len(t.results) for t in load) > seen + 20, "traffic continues")
+        assert http.get("/v2/models/add_sub/versions/3/ready").status_code != 200
+        assert http.get("/v2/models/add_sub/versions/2/ready").status_code == 200
+        shutil.rmtree(repo / "add_sub" / "3")
+
         # A removed version folder is unloaded; traffic moves back to version 1 without a failure.
         shutil.rmtree(repo / "add_sub" / "2")
         wait_for(lambda: http.get("/v2/models/add_sub/versions/2/ready").status_code != 200,
