@@ -34,6 +34,13 @@ INF = math.inf
 LINGER_SECS = 2.0   # after an error answer, read and drop what the client still sends, so close() sends no RST
 
 
+# Request headers the connection itself acts on (the rest are only passed on).
+_FRAMING_HEADERS = {b"content-length": 1, b"inference-header-content-length": 2, b"transfer-encoding": 3,
+                    b"expect": 4}
+ROUTE_CACHE_SIZE = 4096
+MAX_HEADER_BYTES = 64 * 1024
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to abandon the rest of the input (after an error)."""
 
@@ -79,6 +86,19 @@ class Request:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def split_target(url: bytes) -> tuple[bytes, bytes, str]:
+    """Request target -> (raw path, query string, percent-decoded path)."""
+    q = url.find(b"?")
+    raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1:])
+    if raw_path[:1] != b"/" and raw_path != b"*":   # absolute-form (proxies): keep only the path
+        parsed = httptools.parse_url(url)
+        raw_path, query = parsed.path or b"/", parsed.query or b""
+    path = raw_path.decode("latin-1")
+    if "%" in path:
+        path = unquote(path)
+    return raw_path, query, path
+
+
 class HttpServer:
     def __init__(self, app: ASGIApp, *, infer: InferHandler | None, max_body_bytes: int,
                  header_timeout: float = 10.0, body_timeout: float = 60.0, keepalive_timeout: float = 5.0,
@@ -98,6 +118,7 @@ class HttpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
+        self._routes: dict[bytes, tuple[str, str] | None] = {}
 
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -127,6 +148,19 @@ class HttpServer:
                 log.warning("shutdown: %d connection(s) still busy after %ss; closing them", len(self.connections), grace)
         for conn in list(self.connections):
             conn.abort()
+
+    def infer_target(self, url: bytes) -> tuple[str, str] | None:
+        """(model, version) when a POST to `url` is an inference request. Clients repeat the same few
+        URLs, so the answer is remembered per URL."""
+        try:
+            return self._routes[url]
+        except KeyError:
+            pass
+        target = parse_infer_path(split_target(url)[2]) if self.infer is not None else None
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[url] = target
+        return target
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
@@ -185,6 +219,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stopped:
             return
+        req = self.current
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -192,6 +227,13 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.stopped:   # not our own _StopParsing
                 self._fail(400, f"malformed HTTP request: {exc}")
+        else:
+            if req is not None and not req.headers_done and req is self.current:
+                # Headers that began earlier and still go on: all of `data` was headers. llhttp sets no
+                # limit on them; without one a client could send headers forever.
+                req.size += len(data)
+                if req.size > MAX_HEADER_BYTES:
+                    self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -231,16 +273,19 @@ class HttpConnection(asyncio.Protocol):
         self.current.url += url  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self.current
         name = name.lower()
+        req = self.current
         req.headers.append((name, value))  # type: ignore[union-attr]
-        if name == b"content-length":
+        kind = _FRAMING_HEADERS.get(name)
+        if kind is None:
+            return
+        if kind == 1:
             req.content_length = int(value)  # type: ignore[union-attr]  # llhttp has checked the digits
-        elif name == b"inference-header-content-length":
+        elif kind == 2:
             req.header_length = value.decode("latin-1")  # type: ignore[union-attr]
-        elif name == b"transfer-encoding":
+        elif kind == 3:
             req.chunked = True  # type: ignore[union-attr]
-        elif name == b"expect" and value.lower() == b"100-continue":
+        elif value.lower() == b"100-continue":
             req.expect_continue = True  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
@@ -251,6 +296,7 @@ class HttpConnection(asyncio.Protocol):
         req.http_version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
         req.headers_done = True
+        req.size = 0   # from here on, the body's size
         self.queue.append(req)
         server = self.server
         if req.content_length > server.max_body_bytes:
@@ -390,7 +436,11 @@ class HttpConnection(asyncio.Protocol):
                     self.queue.clear()
                     self._linger_close()
                     return
-                keep_alive = await self._answer(req)
+                target = server.infer_target(req.url) if req.method == b"POST" else None
+                if target is not None:
+                    keep_alive = await self._infer(req, target)
+                else:
+                    keep_alive = await self._answer(req)
                 self.queue.popleft()
                 if self.closed:
                     return
@@ -430,56 +480,58 @@ class HttpConnection(asyncio.Protocol):
             return len(self.queue) > 1 or self.current is not None
         return True
 
-    async def _answer(self, req: Request) -> bool:
+    async def _infer(self, req: Request, target: tuple[str, str]) -> bool:
         server = self.server
-        url = req.url
-        q = url.find(b"?")
-        raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1:])
-        if raw_path[:1] != b"/" and raw_path != b"*":   # absolute-form (proxies): keep only the path
-            parsed = httptools.parse_url(url)
-            raw_path, query = parsed.path or b"/", parsed.query or b""
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
         if server.max_concurrency and server.active >= server.max_concurrency:
-            return self._write_error(req, 503, "the server is at its concurrency limit; retry later",
-                                     keep_alive=self.keep_alive_after(req), retry_after=True)
+            return self._write_busy(req)
         server.active += 1
         try:
-            if req.method == b"POST" and server.infer is not None:
-                target = parse_infer_path(path)
-                if target is not None:
-                    return await self._infer(req, *target)
+            status, headers, payload = await server.infer(  # type: ignore[misc]
+                target[0], target[1], req.body(), req.header_length, req.headers)
+        except Exception:
+            log.exception("unexpected error in the inference handler")
+            status, headers, payload = 500, [http_wire.JSON_TYPE], http_wire.error_body("internal error")
+        finally:
+            server.active -= 1
+        return self.write_response(req, status, headers, payload)
+
+    async def _answer(self, req: Request) -> bool:
+        """Any request but inference: through the ASGI app."""
+        server = self.server
+        if server.max_concurrency and server.active >= server.max_concurrency:
+            return self._write_busy(req)
+        raw_path, query, path = split_target(req.url)
+        server.active += 1
+        try:
             return await asgi_bridge.run(self, req, path, raw_path, query)
         finally:
             server.active -= 1
 
-    async def _infer(self, req: Request, model: str, version: str) -> bool:
-        assert self.server.infer is not None
-        try:
-            status, headers, payload = await self.server.infer(model, version, req.body(), req.header_length,
-                                                               req.headers)
-        except Exception:
-            log.exception("unexpected error in the inference handler")
-            status, headers, payload = 500, [http_wire.JSON_TYPE], http_wire.error_body("internal error")
-        return self.write_response(req, status, headers, payload)
+    def _write_busy(self, req: Request) -> bool:
+        return self._write_error(req, 503, "the server is at its concurrency limit; retry later",
+                                 keep_alive=self.keep_alive_after(req), retry_after=True)
 
     def write_response(self, req: Request, status: int, headers: http_wire.Headers, payload: bytes) -> bool:
         keep_alive = self.keep_alive_after(req)
-        extra = b"content-length: %d\r\n" % len(payload)
+        parts = [http_wire.status_line(status)]
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"content-length: %d\r\n" % len(payload))
         if not keep_alive:
-            extra += b"connection: close\r\n"
+            parts.append(b"connection: close\r\n")
         elif req.http_version == "1.0":
-            extra += b"connection: keep-alive\r\n"
-        head = http_wire.response_head(status, headers, extra)
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(http_wire.date_line())
+        parts.append(b"\r\n")
         if self.closed:
             return False
         if req.method == b"HEAD" or not payload:
-            self.transport.write(head)
-        elif len(payload) < 65536:
-            self.transport.write(head + payload)
+            self.transport.write(b"".join(parts))
+        elif len(payload) < 65536:   # one send; a large payload is not copied into the head
+            parts.append(payload)
+            self.transport.write(b"".join(parts))
         else:
-            self.transport.writelines([head, payload])
+            self.transport.writelines([b"".join(parts), payload])
         return keep_alive
 
     def _write_error(self, req: Request, status: int, message: str, *, keep_alive: bool,

@@ -502,3 +502,27 @@ def test_concurrency_limit_answers_503(service: InferenceService, tmp_path: Path
             assert Reader(first).response()[0] == 204
     finally:
         srv.stop()
+
+
+def test_endless_headers_are_refused(served: ThreadedServer) -> None:
+    with connect(served) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: t\r\n")
+        reader = Reader(sock)
+        try:
+            for i in range(100):
+                sock.sendall(b"X-Filler-%d: %s\r\n" % (i, b"f" * 1000))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, _, body = reader.response()
+    assert status == 431 and "headers exceed" in orjson.loads(body)["error"]
+
+
+def test_upgrade_requests_are_answered_as_http11(served: ThreadedServer) -> None:
+    # curl --http2 on http:// asks for h2c this way; the answer is plain HTTP/1.1 and the connection goes on.
+    with connect(served) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+                     b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n")
+        reader = Reader(sock)
+        assert reader.response()[0] == 200
+        assert reader.response()[0] == 200
