@@ -93,6 +93,8 @@ def convert(
     ``framework_options`` go to the framework's converter (e.g. PyTorch ``exporter="torchscript"``).
     """
     name = framework or detect_framework(source)
+    if progress:
+        progress(f"loading the {name} converter")  # importing a framework takes seconds
     module = framework_module(name)
     result: ConversionResult = module.convert(
         source, inputs=inputs, opset=opset, atol=atol, progress=progress, **framework_options

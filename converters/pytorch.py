@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,20 @@ def _specs_from_program(program: Any) -> list[InputSpec]:
     return specs
 
 
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    """The exporter logs its progress and version-conversion notes; our own stages say enough."""
+    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _export_dynamo(model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], outputs: list[str], opset: int) -> onnx.ModelProto:
     kwargs: dict[str, Any] = {}
     if not isinstance(model, torch.export.ExportedProgram):
@@ -110,7 +125,7 @@ def _export_dynamo(model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec]
             {axis: torch.export.Dim.AUTO for axis, dim in enumerate(spec.shape) if dim is None} for spec in specs
         )
         kwargs["input_names"] = [spec.name for spec in specs]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, args, dynamo=True, opset_version=opset, output_names=outputs,
                                     verbose=False, **kwargs)
