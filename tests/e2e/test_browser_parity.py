@@ -180,14 +180,16 @@ def png_pixels(path: Path) -> np.ndarray:
     return out.reshape(height, width, bpp)[:, :, :3]
 
 
-def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path: Path) -> None:
-    url = browser_server.url
-    names = sorted({m["name"] for m in httpx.post(f"{url}/v2/repository/index", json={"ready": True}).json()})
+def build_jobs(server: ServerProcess, *, device: str | None = None, probes: bool = True,
+               only: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Page jobs for the loaded models (inputs from their metadata) and the server's answers over REST."""
+    url = server.url
+    names = sorted({m["name"] for m in httpx.get(f"{url}/v2/models/stats").json()["model_stats"]})
     assert names, "the example repository is empty"
     rng = np.random.default_rng(5)
     models: list[dict[str, Any]] = []
     reference: dict[str, dict[str, Any]] = {}
-    for name in names:
+    for name in names if only is None else [n for n in names if n in only]:
         meta = httpx.get(f"{url}/v2/models/{name}").json()
         inputs = [
             {"name": i["name"], "datatype": i["datatype"], "shape": (shape := concrete_shape(i["shape"])),
@@ -203,9 +205,11 @@ def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path:
         reference[name] = {o["name"]: o for o in answer.json()["outputs"]}
         version = str(max(int(v) for v in meta["versions"]))
         job: dict[str, Any] = {"name": name, "inputs": [job_tensor(t) for t in inputs]}
+        if device:
+            job["device"] = device
         if parameters:
             job["parameters"] = parameters
-        probe = probe_model(browser_server.repository / name / version / "model.onnx")
+        probe = probe_model(server.repository / name / version / "model.onnx") if probes else None
         if probe:
             batch = inputs[0]["shape"][0]
             probe["extra_inputs"] = [
@@ -215,14 +219,12 @@ def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path:
             ]
             job["recurrent"] = probe
         models.append(job)
-    shot_model = "sine_lstm" if "sine_lstm" in names else next((m["name"] for m in models if "recurrent" in m), names[0])
-    result = run_browser({"url": url, "models": models, "quickstart": "/ui/quickstart.html",
-                          "screenshot": {"model": shot_model, "path": str(tmp_path / "ui.png")}}, tmp_path)
-    console = "\n".join(result["console"])
-    foreign = [u for u in result["requests"] if not u.startswith(url + "/") and not u.startswith(("data:", "blob:"))]
-    assert not foreign, f"the page fetched from elsewhere than our server: {foreign}"
-    assert result["crossOriginIsolated"], "/ui is not cross-origin isolated (COOP/COEP headers)"
+    return models, reference
 
+
+def compare(result: dict[str, Any], models: list[dict[str, Any]],
+            reference: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(one report line per model, failures): the page's outputs against the server's REST answers."""
     report, failures = [], []
     for got in result["models"]:
         name = got["name"]
@@ -257,6 +259,22 @@ def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path:
         report.append(f"  {name:<24} onnxruntime-web ({devices}) vs server {worst:.2e}{gates}")
         if "recurrent" in next(m for m in models if m["name"] == name):
             assert got["gates"], f"{name}: recurrent model but no gate comparison ran"
+    return report, failures
+
+
+def test_server_browser_and_gates_agree(browser_server: ServerProcess, tmp_path: Path) -> None:
+    url = browser_server.url
+    models, reference = build_jobs(browser_server)
+    names = [m["name"] for m in models]
+    shot_model = "sine_lstm" if "sine_lstm" in names else next((m["name"] for m in models if "recurrent" in m), names[0])
+    result = run_browser({"url": url, "models": models, "quickstart": "/ui/quickstart.html",
+                          "screenshot": {"model": shot_model, "path": str(tmp_path / "ui.png")}}, tmp_path)
+    console = "\n".join(result["console"])
+    foreign = [u for u in result["requests"] if not u.startswith(url + "/") and not u.startswith(("data:", "blob:"))]
+    assert not foreign, f"the page fetched from elsewhere than our server: {foreign}"
+    assert result["crossOriginIsolated"], "/ui is not cross-origin isolated (COOP/COEP headers)"
+
+    report, failures = compare(result, models, reference)
     print("\nbrowser parity, max |diff| per model:\n" + "\n".join(report))
     print(f"  seconds since the browser started: {result['seconds']}")
     assert not failures, "\n".join(failures) + "\n-- page console --\n" + console

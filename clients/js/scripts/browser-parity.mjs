@@ -4,7 +4,7 @@
 // screenshot of /ui with a model loaded. Used by tests/e2e/test_browser_parity.py.
 //
 // Usage: node scripts/browser-parity.mjs JOB.json RESULT.json
-//   JOB: {url, models: [{name, inputs: [{name, datatype, shape, data}], parameters?,
+//   JOB: {url, gpu?: bool, models: [{name, device?: 'wasm'|'webgpu'|'auto', inputs: [{name, datatype, shape, data}], parameters?,
 //                        recurrent?: {onnx_b64, extra_inputs? (state tensors), nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
 //         x / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
 //         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html', keyed?: {url, key, model},
@@ -34,7 +34,7 @@ async function inPage(model) {
     return m;
   };
   const client = new mb.InferenceClient();
-  const runner = mb.createLocalRunner(client);
+  const runner = mb.createLocalRunner(client, { device: model.device ?? 'wasm' });
   const inputs = model.inputs.map(revive);
   const local = await runner.load(model.name);
   // Stateful models: one whole sequence in one request (zero initial state on both sides).
@@ -42,8 +42,8 @@ async function inPage(model) {
   const server = await client.infer(model.name, inputs, options);
   const browser = await local.infer(inputs, options);
   // device 'auto' takes WebGPU when the browser has an adapter, else wasm; either way the same answers.
-  const auto = await mb.createLocalRunner(client, { device: 'auto' }).load(model.name);
-  const autoOut = await auto.infer(inputs, options);
+  const auto = model.device ? local : await mb.createLocalRunner(client, { device: 'auto' }).load(model.name);
+  const autoOut = model.device ? browser : await auto.infer(inputs, options);
   const result = {
     name: model.name, device: local.device, auto: { device: auto.device, outputs: autoOut.outputs.map(plain) }, irDowngraded: runner.irDowngraded ?? null,
     server: server.outputs.map(plain), browser: browser.outputs.map(plain), gates: [],
@@ -89,7 +89,10 @@ function inkOf() {
   });
 }
 
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+// job.gpu: a software WebGPU adapter (SwiftShader) instead of --disable-gpu, to exercise the WebGPU path.
+const GPU_ARGS = ['--headless', '--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan', '--use-angle=swiftshader'];
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: job.gpu ? GPU_ARGS : CHROMIUM_ARGS });
 const out = { models: [], console: [], requests: [], screenshot: null, seconds: {} };
 const t0 = Date.now();
 const lap = (what) => { out.seconds[what] = (Date.now() - t0) / 1000; };
