@@ -19,10 +19,10 @@ serve: $(STAMP)
 	$(VENV)/bin/modelbridge serve
 
 # System packages the tests drive: Debian's Chromium (no browser downloads), libb64 for perf_analyzer,
-# docker-compose to validate the compose file.
+# docker-compose to validate the compose file, nginx for the compose load balancer's config.
 browser:
-	@command -v chromium >/dev/null && dpkg -s libb64-0d docker-compose >/dev/null 2>&1 || \
-	  (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium libb64-0d docker-compose >/dev/null)
+	@command -v chromium >/dev/null && dpkg -s libb64-0d docker-compose nginx-light >/dev/null 2>&1 || \
+	  (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium libb64-0d docker-compose nginx-light >/dev/null)
 
 js:
 	@if [ -f clients/js/package.json ]; then cd clients/js && npm install --no-audit --no-fund --loglevel=error; fi

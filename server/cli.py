@@ -20,6 +20,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, help="largest accepted request body (default 64 MiB)")
     p.add_argument("--grpc-max-message-bytes", type=int, help="largest gRPC message (default: --max-body-bytes)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--log-requests", action="store_true", default=None,
+                   help="log one line per inference request with its request id (default off)")
     p.add_argument("--log-format", choices=["plain", "json"], help="plain text or JSON lines (default plain)")
     p.add_argument("--shutdown-grace-secs", type=float,
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
@@ -27,6 +29,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="none: load/unload requests refused; poll: follow repository changes; "
                         "explicit: load/unload through the API (default explicit; all models load at startup)")
     p.add_argument("--repository-poll-secs", type=float, help="poll mode: seconds between scans (default 15)")
+    p.add_argument("--workers", type=int,
+                   help="server processes sharing the REST and gRPC ports (default 1); with more than one, "
+                        "statistics are per worker, worker 0 serves metrics, and the repository API is off "
+                        "unless --model-control-mode poll")
     p.add_argument("--sequence-idle-secs", type=float,
                    help="stateful models: drop a sequence after this many idle seconds (default 60)")
     p.add_argument("--max-sequences", type=int,
@@ -69,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelBridgeError as exc:
         print(f"modelbridge: {exc.message}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, requests=settings.log_requests)
     try:
         run(settings)
     except ModelBridgeError as exc:

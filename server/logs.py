@@ -43,8 +43,9 @@ class JsonLinesFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-def configure(level: str = "info", fmt: str = "plain") -> None:
-    """Install one stderr handler on the root logger (replacing any earlier one)."""
+def configure(level: str = "info", fmt: str = "plain", *, requests: bool = False) -> None:
+    """Install one stderr handler on the root logger (replacing any earlier one). A line per request
+    is opt-in (`--log-requests`): at serving rates it would cost more than a small model's inference."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if fmt == "json" else logging.Formatter(PLAIN))
     root = logging.getLogger()
@@ -52,6 +53,7 @@ def configure(level: str = "info", fmt: str = "plain") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    request_log.setLevel(logging.NOTSET if requests else logging.WARNING)
 
 
 def request_id(given: str | None) -> str:

@@ -26,9 +26,12 @@ class Settings:
     grpc_max_message_bytes: int = 0     # 0: same as max_body_bytes
     log_level: str = "info"
     log_format: str = "plain"           # plain | json
+    log_requests: bool = False          # one log line per inference request (with its request id)
     shutdown_grace_secs: float = 10.0
     model_control_mode: str = "explicit"  # none | poll | explicit (Triton's names); all models load at startup
     repository_poll_secs: float = 15.0  # poll mode: seconds between repository scans
+    workers: int = 1                    # server processes sharing the ports (SO_REUSEPORT)
+    worker_index: int = 0               # set by the supervisor for each worker; not a user setting
     sequence_idle_secs: float = 60.0    # a sequence with no step for this long is dropped
     max_sequences: int = 1024           # live sequences over all models; more -> RESOURCE_EXHAUSTED / 429
     # -- security and limits (README "Security"); keys are secrets: repr=False keeps them out of logs
@@ -96,6 +99,8 @@ def _validate(s: Settings) -> Settings:
     for name in ("http_port", "grpc_port", "metrics_port"):
         if not 0 <= getattr(s, name) <= 65535:
             raise InvalidArgument(f"setting {name}: {getattr(s, name)} is not a port number (0-65535)")
+    if not 1 <= s.workers <= 256:
+        raise InvalidArgument(f"setting workers: {s.workers} is not between 1 and 256")
     if s.model_check_timeout_secs <= 0 or s.model_check_memory_mb < 256 or s.max_pending_per_model < 1:
         raise InvalidArgument("settings model_check_timeout_secs must be > 0, model_check_memory_mb >= 256, "
                               "max_pending_per_model >= 1")

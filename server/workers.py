@@ -44,7 +44,7 @@ def _child(settings: Settings) -> None:
     from server import logs
     from server.app import run_one
 
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, requests=settings.log_requests)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM stops a worker
     run_one(settings, reuse_port=True)
 

@@ -18,7 +18,7 @@ from server.cli import build_parser
 from server.core.errors import InvalidArgument
 from server.settings import Settings, load_settings
 from tests.deploy.helpers import OPEN_ADMIN, add_sub_body
-from tests.support import ROOT, copy_repository, free_port
+from tests.support import ROOT, ServerProcess, copy_repository, free_port
 
 
 def serve_flags() -> set[str]:
@@ -66,7 +66,8 @@ def test_precedence_in_the_real_process(tmp_path: Path) -> None:
                    'model_control_mode = "none"\nlog_format = "plain"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELBRIDGE_")}
     env |= {"MODELBRIDGE_HTTP_PORT": str(p_env), "MODELBRIDGE_MODEL_CONTROL_MODE": "poll",
-            "MODELBRIDGE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **OPEN_ADMIN}
+            "MODELBRIDGE_LOG_FORMAT": "json", "MODELBRIDGE_LOG_REQUESTS": "1", "PYTHONUNBUFFERED": "1",
+            **OPEN_ADMIN}
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--config", str(cfg),
@@ -95,7 +96,7 @@ def test_precedence_in_the_real_process(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
 
-    # JSON lines (environment over file), request ids; the default log level (info) shows requests.
+    # JSON lines (environment over file), request ids (MODELBRIDGE_LOG_REQUESTS turned them on).
     records = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
     requests = [r for r in records if r["logger"] == "modelbridge.request"]
@@ -106,10 +107,18 @@ def test_precedence_in_the_real_process(tmp_path: Path) -> None:
     assert not [r for r in records if r["level"] == "debug"]
 
 
-def test_plain_logs_carry_request_ids(private_server) -> None:
-    r = httpx.post(private_server.url + "/v2/models/add_sub/infer",
+def test_plain_logs_carry_request_ids(tmp_path: Path) -> None:
+    server = ServerProcess(copy_repository(tmp_path / "repo", ["add_sub"]), ["--log-requests"]).start()
+    r = httpx.post(server.url + "/v2/models/add_sub/infer",
                    content=orjson.dumps(add_sub_body(1, width=3, rid="bad-7")))
     assert r.status_code == 400
-    private_server.stop()
-    line = next(x for x in private_server.log().splitlines() if "request_id=bad-7" in x)
+    server.stop()
+    line = next(x for x in server.log().splitlines() if "request_id=bad-7" in x)
     assert "INFO modelbridge.request: infer model=add_sub" in line and "status=invalid_argument" in line
+
+
+def test_request_lines_are_off_by_default(private_server) -> None:
+    r = httpx.post(private_server.url + "/v2/models/add_sub/infer", content=orjson.dumps(add_sub_body(1, rid="q-1")))
+    assert r.status_code == 200
+    private_server.stop()
+    assert "q-1" not in private_server.log()

@@ -96,7 +96,7 @@ class GrpcClient(threading.Thread):
 def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_slow_model(repo)
-    server = ServerProcess(repo, extra_args=["--shutdown-grace-secs", "10", "--log-level", "debug"]).start()
+    server = ServerProcess(repo, extra_args=["--shutdown-grace-secs", "10", "--log-level", "debug", "--log-requests"]).start()
     clients = [Client(server.http_port, i) for i in range(5)]
     grpc_clients = [GrpcClient(server.grpc_port, i) for i in range(2)]
     for c in [*clients, *grpc_clients]:
