@@ -6,6 +6,8 @@ Writes are atomic: a new version is assembled in a hidden staging folder inside 
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import re
 import shutil
@@ -63,7 +65,8 @@ class ModelRepository:
         d = self.model_dir(name)
         if not d.is_dir():
             return []
-        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()
+                      and len(p.name) <= 19 and int(p.name) > 0)
 
     def read_config(self, name: str) -> dict[str, Any] | None:
         return read_config_file(self.model_dir(name))
@@ -85,24 +88,33 @@ class ModelRepository:
         staging_root = self.root / _STAGING
         staging_root.mkdir(exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_root))
+        # A new model is staged whole (<stage>/<version>/...) so that it appears with its first version in
+        # one rename: a crash never leaves an empty model folder behind.
+        fresh = not mdir.exists()
+        vdir = stage / str(version) if fresh else stage
         try:
             for rel, data in files.items():
-                dest = stage / check_relative_file(rel)
+                dest = vdir / check_relative_file(rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            mdir.mkdir(exist_ok=True)
-            if target.exists():
-                # Swap: move the old version aside, then the new one in; both renames are atomic.
-                old = staging_root / f"old-{stage.name}"
-                os.rename(target, old)
-                os.rename(stage, target)
-                shutil.rmtree(old, ignore_errors=True)
+            os.chmod(stage, 0o755)   # mkdtemp makes it 0700
+            if fresh:
+                os.rename(stage, mdir)
+            elif target.exists():
+                # One atomic exchange where the kernel has it; else old aside, new in (a crash between the
+                # two renames would leave the version missing until it is uploaded again).
+                if not _exchange(stage, target):
+                    old = staging_root / f"old-{stage.name}"
+                    os.rename(target, old)
+                    os.rename(stage, target)
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(stage, target)
             _fsync_dir(mdir)
+            _fsync_dir(self.root)
             return target
         finally:
             if stage.exists():
@@ -122,6 +134,21 @@ class ModelRepository:
     def clean_staging(self) -> None:
         """Leftovers of an interrupted upload are never visible; remove them at startup."""
         shutil.rmtree(self.root / _STAGING, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -75,7 +75,7 @@ class InferenceService:
             raise Unavailable(f"model '{name}' is not ready: {entry.reason or entry.state.lower()}")
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit() and len(version) <= 19):
             raise InvalidArgument(f"model version must be a positive integer, got {version[:40]!r}")
         mv = entry.versions.get(int(version))
         if mv is None:

@@ -18,6 +18,7 @@ from server.core.errors import InvalidArgument
 
 # A shape whose element count exceeds this is refused before any allocation.
 MAX_ELEMENTS = 1 << 31
+MAX_RANK = 32   # numpy allows 64; no model here needs more than a handful
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
@@ -30,9 +31,14 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
         if d < 0:
             raise InvalidArgument(f"input '{name}': shape {list(shape)} has a negative dimension")
         dims.append(d)
+    if len(dims) > MAX_RANK:
+        raise InvalidArgument(f"input '{name}': shape has {len(dims)} dimensions, over the limit {MAX_RANK}")
     count = math.prod(dims)
     if count > MAX_ELEMENTS:
         raise InvalidArgument(f"input '{name}': shape {dims} holds {count} elements, over the limit {MAX_ELEMENTS}")
+    # A zero dimension makes the count 0, yet numpy still refuses dimensions whose product overflows.
+    if count == 0 and math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise InvalidArgument(f"input '{name}': shape {dims} has dimensions over the limit {MAX_ELEMENTS}")
     return tuple(dims)
 
 

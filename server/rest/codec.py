@@ -20,7 +20,8 @@ HEADER = "inference-header-content-length"
 def _parse_header_length(value: str | None, body_len: int) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
+    # isascii: str.isdigit() accepts '²' and other digits int() refuses; 19 digits: int() refuses 4300+
+    if not (value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19):
         raise InvalidArgument(f"Inference-Header-Content-Length must be a non-negative integer, got {value[:40]!r}")
     n = int(value)
     if n > body_len:
