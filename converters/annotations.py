@@ -18,6 +18,7 @@ from converters.weights import NotConstantError, resolve
 
 ANNOTATION_KEY = "modelbridge.recurrent"
 SCHEMA_VERSION = 1
+NODE_METADATA_IR_VERSION = 10
 GATE_ORDERS: dict[str, tuple[str, ...]] = {"LSTM": ("i", "o", "f", "c"), "GRU": ("z", "r", "h"), "RNN": ("i",)}
 DEFAULT_ACTIVATIONS: dict[str, tuple[str, ...]] = {
     "LSTM": ("Sigmoid", "Tanh", "Tanh"),
@@ -142,6 +143,8 @@ def annotate_recurrent_node(
         for gate, ranges in rows.items():
             ranges["source_gate"] = by_onnx.get(gate)
     validate(entry)
+    # NodeProto.metadata_props belongs to IR version 10 (ONNX 1.16); older IR readers may drop it.
+    model.ir_version = max(model.ir_version, NODE_METADATA_IR_VERSION)
     set_metadata(node.metadata_props, ANNOTATION_KEY, json.dumps(entry, sort_keys=True))
     entries = [other for other in read_annotations(model) if other.get("node") != node.name]
     entries.append(entry)

@@ -140,3 +140,13 @@ def test_weights_behind_slice_concat_chains_are_resolved() -> None:
 def test_model_annotation_key_is_documented_name() -> None:
     model, _ = _annotated_lstm()
     assert [prop.key for prop in model.metadata_props] == [ANNOTATION_KEY] == ["modelbridge.recurrent"]
+
+
+def test_annotating_raises_ir_version_to_carry_node_metadata() -> None:
+    model = recurrent_model("RNN")
+    model.ir_version = 8
+    annotate_recurrent_node(model, model.graph.node[0], framework="pytorch", layer="rnn", variables={},
+                            source_gate_order=("h",), gate_map={"h": "i"})
+    assert model.ir_version == 10
+    onnx.checker.check_model(model)
+    assert node_annotation(onnx.load_from_string(model.SerializeToString()).graph.node[0]) is not None
