@@ -128,7 +128,12 @@ def check_streaming(
     feeds = {}
     for spec in specs:
         shape = list(spec.concrete_shape(dynamic=2))
-        if len(shape) > time_axis and spec.shape[time_axis] is None:
+        if len(shape) > time_axis and spec.shape[time_axis] is not None:
+            raise StatefulError(
+                f"input {spec.name!r} has a fixed length {spec.shape[time_axis]} on time axis {time_axis}, so it "
+                f"cannot be fed one step at a time; convert it with that dimension dynamic (-1 in --input)"
+            )
+        if len(shape) > time_axis:
             shape[time_axis] = steps
         feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     batch = next(iter(feeds.values())).shape[0]

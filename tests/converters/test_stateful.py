@@ -15,7 +15,7 @@ from converters.annotations import read_annotations, validate
 from converters.parity import run_onnx
 from converters.pytorch import convert as convert_torch
 from converters.specs import InputSpec
-from converters.stateful import StatefulError, make_stateful, state_pairs
+from converters.stateful import StatefulError, check_streaming, make_stateful, state_pairs
 
 
 class Stacked(nn.Module):
@@ -90,3 +90,11 @@ def test_model_without_recurrence_is_refused() -> None:
     result = convert_torch(nn.Linear(2, 2), inputs=[InputSpec("x", (None, 2))], exporter="torchscript")
     with pytest.raises(StatefulError, match="no LSTM/GRU/RNN node"):
         make_stateful(result.model)
+
+
+def test_fixed_time_length_is_refused_naming_the_input() -> None:
+    torch.manual_seed(11)
+    model = Stacked().eval()
+    result = convert_torch(model, inputs=[InputSpec("window", (None, 20, 2))], exporter="torchscript")
+    with pytest.raises(StatefulError, match="input 'window' has a fixed length 20 on time axis 1"):
+        check_streaming(result.model, make_stateful(result.model))
