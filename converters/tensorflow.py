@@ -25,8 +25,8 @@ from converters.keras_layers import UnsupportedLayerError
 from converters.parity import DEFAULT_ATOL
 from converters.result import ConversionResult
 from converters.specs import InputSpec
-from converters.tf_graph import Loaded, annotate_fused, refuse_loops, rename_io
-from converters.tf_rebuild import rebuild_peephole_scans
+from converters.tf_graph import Loaded, annotate_fused, recurrent_loops, refuse_loops, rename_io
+from converters.tf_rebuild import rebuild_scans, scan_obstacle
 
 
 def _feeds(loaded: Loaded) -> dict[str, np.ndarray]:
@@ -100,11 +100,14 @@ def convert(
             proto = _graph_to_onnx(loaded, opset=opset)
     rename_io(proto)
     proto.ir_version = max(proto.ir_version, 10)  # node-level metadata_props (the annotations) need IR 10
-    rebuilt = rebuild_peephole_scans(proto, loaded) if loaded.function is None else []
-    if rebuilt:
-        say(f"converting: rebuilt peephole LSTM cell(s) {', '.join(rebuilt)} as fused LSTM")
     annotations = annotate_fused(proto, loaded)
-    refuse_loops(proto, loaded)
+    rebuilt = rebuild_scans(proto, loaded) if loaded.function is None else []
+    if rebuilt:
+        say(f"converting: rebuilt {', '.join(rebuilt)} from their variables as fused nodes")
+        annotations = annotate_fused(proto, loaded)
+    loops = recurrent_loops(proto)
+    obstacle = scan_obstacle(proto, loops[0]) if len(loops) == 1 and loops[0].op_type == "Scan" else None
+    refuse_loops(proto, loaded, obstacle=obstacle)
     say("verifying")
     feeds = _feeds(loaded)
     if loaded.function is not None:

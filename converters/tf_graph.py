@@ -139,22 +139,41 @@ def _features(layer: str, loaded: Loaded) -> list[str]:
     return found
 
 
-def refuse_loops(model: onnx.ModelProto, loaded: Loaded) -> None:
-    """A Loop/Scan computing a recurrent cell means tf2onnx did not fuse it: refuse, naming the cell."""
-    loops = [node for node in model.graph.node if node.op_type in ("Loop", "Scan")
-             and any(attr.type == onnx.AttributeProto.GRAPH and holds_matmul(attr.g) for attr in node.attribute)]
-    if not loops:
-        return
-    cells = sorted({name.rsplit("/", 1)[0] for name, value in loaded.variables.items()
-                    if name.endswith("kernel") and value.ndim == 2 and name not in loaded.matched
-                    and "/projection/" not in name and _CELL_NAME.search(name.rsplit("/", 1)[0])})
-    layers = sorted({re.sub(r"/(gates|candidate)$", "", cell) for cell in cells})
+def unmatched_cells(loaded: Loaded) -> list[str]:
+    """TF1/Keras cell scopes (``.../*_cell``) whose kernels no fused node was matched to."""
+    cells = set()
+    for name, value in loaded.variables.items():
+        if not name.endswith("/kernel") or value.ndim != 2 or name in loaded.matched or "/projection/" in name:
+            continue
+        layer = re.sub(r"/(gates|candidate)$", "", name.rsplit("/", 1)[0])
+        if layer.rsplit("/", 1)[-1].endswith("_cell"):
+            cells.add(layer)
+    return sorted(cells)
+
+
+def recurrent_loops(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if node.op_type in ("Loop", "Scan")
+            and any(attr.type == onnx.AttributeProto.GRAPH and holds_matmul(attr.g) for attr in node.attribute)]
+
+
+def refuse_loops(model: onnx.ModelProto, loaded: Loaded, *, obstacle: str | None = None) -> None:
+    """Refuse, naming the cell, when a recurrent cell did not become a fused node (a loop or unrolled)."""
+    loops = recurrent_loops(model)
+    cells = unmatched_cells(loaded)
     described = [f"{layer!r}" + (f" ({', '.join(feats)})" if (feats := _features(layer, loaded)) else "")
-                 for layer in layers]
-    where = ", ".join(f"{node.op_type} {node.name!r}" for node in loops)
+                 for layer in cells]
     who = "; ".join(described) if described else "an unidentified recurrent layer"
-    raise UnsupportedLayerError(
-        f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}). "
-        "Fused: BasicLSTMCell, LSTMCell (peepholes too) without cell_clip/num_proj, GRUCell, MultiRNNCell stacks "
-        "of those, Keras LSTM; convert Keras models with the keras converter, which rebuilds every recurrent layer."
-    )
+    if loops:
+        where = ", ".join(f"{node.op_type} {node.name!r}" for node in loops)
+        raise UnsupportedLayerError(
+            f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}"
+            + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes too) without "
+            "cell_clip/num_proj, GRUCell, BasicRNNCell, MultiRNNCell stacks of those under dynamic_rnn, Keras LSTM; "
+            "convert Keras models with the keras converter, which rebuilds every recurrent layer."
+        )
+    if cells:
+        raise UnsupportedLayerError(
+            f"TensorFlow recurrent layer {who} is computed step by step in the graph (static_rnn, or Keras "
+            "unroll=True), which would convert to an unrolled model with no fused LSTM/GRU/RNN. Build it with "
+            "dynamic_rnn (TF1) or unroll=False (Keras), or convert the Keras model with the keras converter."
+        )

@@ -89,6 +89,8 @@ def _guess_outputs(graph_def: Any) -> list[str]:
                if not any(found < other for key, other in ancestry.items() if key != name)]
     if any(node.name.startswith("gradients") for node in graph_def.node):
         outputs = _predictions(outputs, relevant, parents, ancestors) or outputs
+    named = [name for name in outputs if relevant[name].op == "Identity"]
+    outputs = named or outputs  # tf.identity(..., name=...) is how TF1 code names its outputs
     if not outputs:
         raise UnsupportedSourceError("cannot tell the outputs of this TensorFlow graph; name them (outputs=[...])")
     return outputs

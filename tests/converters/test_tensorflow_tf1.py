@@ -37,6 +37,8 @@ def _cells(name: str) -> Any:
         "gru": lambda: rnn.GRUCell(4),
         "multi": lambda: rnn.MultiRNNCell([rnn.BasicLSTMCell(4), rnn.BasicLSTMCell(3)]),
         "multi-mixed": lambda: rnn.MultiRNNCell([rnn.BasicLSTMCell(4), rnn.GRUCell(3)]),
+        "gru-stack": lambda: rnn.MultiRNNCell([rnn.GRUCell(4), rnn.GRUCell(3)]),
+        "basic-rnn": lambda: rnn.BasicRNNCell(4),
         "peepholes": lambda: rnn.LSTMCell(4, use_peepholes=True, forget_bias=0.5),
         "multi-peepholes": lambda: rnn.MultiRNNCell([rnn.LSTMCell(4, use_peepholes=True), rnn.LSTMCell(3, use_peepholes=True)]),
         "peepholes-clip": lambda: rnn.LSTMCell(4, use_peepholes=True, cell_clip=2.0),
@@ -44,8 +46,8 @@ def _cells(name: str) -> Any:
     }[name]()
 
 
-VARIANTS = ("basic", "basic-forget-0.3", "lstm-cell", "gru", "multi", "multi-mixed", "bidirectional", "peepholes",
-            "multi-peepholes", "peepholes-clip", "projection")
+VARIANTS = ("basic", "basic-forget-0.3", "lstm-cell", "gru", "multi", "multi-mixed", "gru-stack", "basic-rnn",
+            "bidirectional", "peepholes", "multi-peepholes", "peepholes-clip", "projection", "static", "last-state")
 
 
 def build(out: Path) -> None:
@@ -62,6 +64,13 @@ def build(out: Path) -> None:
                 cells = [tf.compat.v1.nn.rnn_cell.LSTMCell(3, name=f"{d}_cell") for d in ("fw", "bw")]
                 (fw, bw), _ = tf.compat.v1.nn.bidirectional_dynamic_rnn(cells[0], cells[1], x, dtype=tf.float32)
                 y = tf.concat([fw, bw], axis=-1)
+            elif name == "static":  # static_rnn unrolls the cell in the TF graph itself
+                steps, _ = tf.compat.v1.nn.static_rnn(tf.compat.v1.nn.rnn_cell.BasicLSTMCell(4), tf.unstack(x, axis=1),
+                                                      dtype=tf.float32)
+                y = tf.stack(steps, axis=1)
+            elif name == "last-state":  # only the final h is the output; dynamic_rnn's sequence output is unused
+                _, state = tf.compat.v1.nn.dynamic_rnn(tf.compat.v1.nn.rnn_cell.BasicLSTMCell(4), x, dtype=tf.float32)
+                y = state.h
             else:
                 y, _ = tf.compat.v1.nn.dynamic_rnn(_cells(name), x, dtype=tf.float32)
             tf.identity(y, name="y")
@@ -112,7 +121,8 @@ def _variables(saved: Path, name: str) -> dict[str, np.ndarray]:
 
 FUSED = {"basic": ["LSTM"], "basic-forget-0.3": ["LSTM"], "lstm-cell": ["LSTM"], "gru": ["GRU"],
          "multi": ["LSTM", "LSTM"], "bidirectional": ["LSTM"], "peepholes": ["LSTM"],
-         "multi-peepholes": ["LSTM", "LSTM"]}
+         "multi-peepholes": ["LSTM", "LSTM"], "multi-mixed": ["LSTM", "GRU"], "gru-stack": ["GRU", "GRU"],
+         "basic-rnn": ["RNN"], "last-state": ["LSTM"]}
 
 
 @pytest.mark.parametrize("name", sorted(FUSED))
@@ -203,6 +213,21 @@ def test_multi_rnn_cell_annotates_each_layer(converted: dict[str, Any]) -> None:
     assert [entry["hidden_size"] for entry in converted["multi"].annotations] == [4, 3]
 
 
+def test_stacks_tf2onnx_leaves_as_scan_are_rebuilt_per_cell(converted: dict[str, Any], saved: Path) -> None:
+    mixed = [(e["op"], e["source"]["layer"]) for e in converted["multi-mixed"].annotations]
+    assert mixed == [("LSTM", "rnn/multi_rnn_cell/cell_0/basic_lstm_cell"), ("GRU", "rnn/multi_rnn_cell/cell_1/gru_cell")]
+    assert converted["multi-mixed"].annotations[0]["source"]["folded"] == {"forget_bias": 1.0}
+    variables = _variables(saved, "basic-rnn")
+    (node,) = gates.split_gates_arrays(converted["basic-rnn"].model)["nodes"]
+    kernel = variables["rnn/basic_rnn_cell/kernel"]
+    np.testing.assert_allclose(node["directions"][0]["gates"]["i"]["W"], kernel[:FEATURES].T, atol=1e-7)
+    np.testing.assert_allclose(node["directions"][0]["gates"]["i"]["R"], kernel[FEATURES:].T, atol=1e-7)
+
+
+def test_named_output_is_preferred_over_by_products(converted: dict[str, Any]) -> None:
+    assert [value.name for value in converted["last-state"].model.graph.output] == ["y"]
+
+
 def test_bidirectional_rnn_maps_both_directions(converted: dict[str, Any], saved: Path) -> None:
     variables = _variables(saved, "bidirectional")
     (node,) = gates.split_gates_arrays(converted["bidirectional"].model)["nodes"]
@@ -225,7 +250,7 @@ def test_numpy_reference_equals_onnxruntime(converted: dict[str, Any], name: str
 
 @pytest.mark.parametrize(("name", "named"), [("peepholes-clip", r"'rnn/lstm_cell' \(use_peepholes, cell_clip: TF clips"),
                                              ("projection", r"'rnn/lstm_cell' \(num_proj"),
-                                             ("multi-mixed", r"cell_0/basic_lstm_cell'; '.*cell_1/gru_cell'")])
+                                             ("static", r"'rnn/basic_lstm_cell' is computed step by step")])
 def test_unfusable_lstm_cells_are_refused_by_name(converted: dict[str, Any], name: str, named: str) -> None:
     error = converted[name]
     assert isinstance(error, UnsupportedLayerError)
