@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_browser_parity import CHROMIUM, JS, TOLERANCE, VENDOR, run_browser
+from tests.e2e.browser_support import CHROMIUM, JS, TOLERANCE, VENDOR, run_browser
 from tests.support import ROOT, ServerProcess, copy_repository, free_port
 
 # The other site's page: its own copy of the bundle, the modelbridge server somewhere else.

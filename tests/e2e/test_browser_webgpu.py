@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.test_browser_parity import browser_server, build_jobs, compare, run_browser
+from tests.e2e.browser_support import browser_server, build_jobs, compare, run_browser
 from tests.support import ServerProcess
 
 __all__ = ["browser_server"]  # the module-scoped server fixture, shared with the parity tests
