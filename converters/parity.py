@@ -75,15 +75,32 @@ def describe_inputs(feeds: Mapping[str, np.ndarray], *, origin: str) -> list[dic
     ]
 
 
+class RuntimeFailure(RuntimeError):
+    """onnxruntime refused to load or run a converted model (its message says why)."""
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
 def run_onnx(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run ``model`` on onnxruntime's CPU provider; returns outputs by name."""
+    """Run ``model`` on onnxruntime's CPU provider; returns outputs by name.
+
+    onnxruntime's own exceptions derive from Exception only; they become RuntimeFailure here so
+    callers (and the CLI) can report them like any other conversion failure.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # our error names the failing output; ORT need not log it too
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [out.name for out in session.get_outputs()]
-    values = session.run(names, {name: np.asarray(value) for name, value in feeds.items()})
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [out.name for out in session.get_outputs()]
+        values = session.run(names, {name: np.asarray(value) for name, value in feeds.items()})
+    except _ort_errors() as exc:
+        raise RuntimeFailure(f"onnxruntime cannot run the converted model: {exc}".strip()) from exc
     return dict(zip(names, values, strict=True))
 
 

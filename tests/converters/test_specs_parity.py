@@ -74,3 +74,9 @@ def test_check_rejects_shape_and_nan_mismatch() -> None:
     expected[0, 0] = np.nan
     with pytest.raises(parity.ParityError, match="max_abs inf"):
         parity.check(model, feeds, [expected])
+
+
+def test_onnxruntime_failures_become_runtime_failure() -> None:
+    model = _add_model()
+    with pytest.raises(parity.RuntimeFailure, match="onnxruntime cannot run the converted model"):
+        parity.run_onnx(model, {"x": np.zeros((2, 4), np.float32)})  # declared [n, 3]
