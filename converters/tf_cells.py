@@ -143,7 +143,7 @@ def _match_keras(op: str, w: np.ndarray, r: np.ndarray, b: np.ndarray, candidate
             if _same(ew, w) and _same(er, r) and kname != rname:
                 variables = {"kernel": kname, "recurrent_kernel": rname}
                 for bname, bias in candidates.items():
-                    sized = bias.size == b.size // 2 or (op == "GRU" and bias.size == b.size)
+                    sized = (bias.ndim == 1 and bias.size == b.size // 2) or (op == "GRU" and bias.shape == (2, b.size // 2))
                     if sized and _same(_keras_bias(op, bias, hidden), b):
                         variables["bias"] = bname
                         break

@@ -164,3 +164,19 @@ def test_tf_keras_saved_model_with_gru_converts_through_the_keras_path(tmp_path:
     result = convert(tmp_path / "saved")
     assert "GRU" in result.op_types() and not {"Loop", "Scan"} & set(result.op_types())
     assert result.parity.passed and result.annotations[0]["source"]["layer"] == "gru_saved"
+
+
+def test_keras3_export_with_bidirectional_lstm_matches_both_directions(tmp_path: Path) -> None:
+    from converters import convert
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.Bidirectional(keras.layers.LSTM(4), name="bi")])
+    model.export(str(tmp_path / "exported"))
+    result = convert(tmp_path / "exported")
+    (entry,) = result.annotations
+    assert entry["direction"] == "bidirectional" and result.parity.passed
+    forward, backward = model.layers[0].forward_layer.cell, model.layers[0].backward_layer.cell
+    assert entry["source"]["variables"]["forward.kernel"] == forward.kernel.path
+    assert entry["source"]["variables"]["reverse.recurrent_kernel"] == backward.recurrent_kernel.path
+    reverse = gates.split_gates_arrays(result.model)["nodes"][0]["directions"][1]["gates"]
+    np.testing.assert_allclose(reverse["c"]["W"], backward.kernel.numpy()[:, 8:12].T, atol=1e-7)
