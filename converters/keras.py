@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,9 @@ def input_spec(model: Any, inputs: list[InputSpec] | None) -> InputSpec:
             raise UnsupportedSourceError(f"input spec {spec} has rank {len(spec.shape)}, the model expects "
                                          f"rank {len(declared)} {list(declared)}")
         return spec
-    name = str(getattr(model.inputs[0], "name", "input")).split(":")[0] or "input"
+    name = str(getattr(model.inputs[0], "name", "input")).split(":")[0]
+    if not name or re.fullmatch(r"keras_tensor(_\d+)?", name):  # Keras 3's counter name for an unnamed Input
+        name = "input"
     dtype = model.inputs[0].dtype
     return InputSpec(name, declared, str(getattr(dtype, "name", dtype)))
 
