@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-serve: $(STAMP)
+# js: the /ui bundle and onnxruntime-web's wasm are built into server/ui/vendor/ by npm install.
+serve: $(STAMP) js
 	$(VENV)/bin/modelbridge serve
 
 # System packages the tests drive: Debian's Chromium (no browser downloads), libb64 for perf_analyzer,

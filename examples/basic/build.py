@@ -17,6 +17,8 @@ OPSET = [helper.make_opsetid("", 17)]
 
 
 def save(model: onnx.ModelProto, name: str, config: str | None = None) -> None:
+    # onnx 1.23 writes IR 14 by default; onnxruntime-web 1.30 loads up to 13. Opset 17 needs only IR 8+.
+    model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     out = REPO / name / "1" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
