@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from server.rest import http_wire
 
 if TYPE_CHECKING:
-    from server.rest.http11 import HttpConnection, Request
+    from server.rest.http_connection import HttpConnection
+    from server.rest.http_wire import Request
 
 log = logging.getLogger("modelbridge.rest")
 

@@ -1,15 +1,19 @@
-"""Bytes of HTTP/1.1 responses: status lines, the Date header, response heads, JSON error bodies.
+"""HTTP/1.1 on the wire: the parsed request, its target, and the bytes of responses (status lines,
+the Date header, response heads, JSON error bodies).
 
-Kept apart from the connection logic (http11.py) so both the inference path and the ASGI bridge
-frame responses the same way.
+Kept apart from the connection logic (http_connection.py) so the inference path and the ASGI bridge
+read requests and frame responses the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from urllib.parse import unquote
 
+import httptools
 import orjson
 
 Headers = list[tuple[bytes, bytes]]
@@ -58,3 +62,57 @@ def response_head(status: int, headers: Headers, extra: bytes) -> bytes:
 
 def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
+
+
+class Request:
+    __slots__ = (
+        "chunked",
+        "chunks",
+        "complete",
+        "content_length",
+        "error",
+        "expect_continue",
+        "header_length",
+        "headers",
+        "headers_done",
+        "http_version",
+        "keep_alive",
+        "method",
+        "size",
+        "url",
+        "waiter",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.http_version = "1.1"
+        self.keep_alive = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.headers_done = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.expect_continue = False
+        self.content_length = 0
+        self.chunked = False
+        self.header_length: str | None = None      # Inference-Header-Content-Length
+        self.error: tuple[int, str] | None = None  # answered with this status and closed
+
+    def body(self) -> bytes:
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def split_target(url: bytes) -> tuple[bytes, bytes, str]:
+    """Request target -> (raw path, query string, percent-decoded path)."""
+    q = url.find(b"?")
+    raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1:])
+    if raw_path[:1] != b"/" and raw_path != b"*":   # absolute-form (proxies): keep only the path
+        parsed = httptools.parse_url(url)
+        raw_path, query = parsed.path or b"/", parsed.query or b""
+    path = raw_path.decode("latin-1")
+    if "%" in path:
+        path = unquote(path)
+    return raw_path, query, path
