@@ -40,6 +40,18 @@ def scope_of(method: str, path: str) -> Scope:
     return Scope.OPEN   # /ui, /docs, /openapi.json: static, no model data
 
 
+def refusal(keys: KeyRing, method: str, path: str, authorization: bytes | str | None,
+            ) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """None when the request may proceed; else (status, message, extra headers) to answer with.
+    Any HTTP front end that answers requests without going through SecurityLayer must call this."""
+    try:
+        keys.check(scope_of(method, path), authorization)
+    except ModelBridgeError as exc:
+        extra = [(b"www-authenticate", b'Bearer realm="modelbridge"')] if exc.kind is ErrorKind.UNAUTHENTICATED else []
+        return HTTP_STATUS[exc.kind], exc.message, extra
+    return None
+
+
 class _BodyStalled(BaseException):
     # A BaseException so that no route's `except Exception` turns a stalled upload into a 500.
     pass
@@ -61,11 +73,10 @@ class SecurityLayer:
             if key == b"authorization":
                 authorization = value
                 break
-        try:
-            self.keys.check(scope_of(scope["method"], scope["path"]), authorization)
-        except ModelBridgeError as exc:
-            extra = [(b"www-authenticate", b'Bearer realm="modelbridge"')] if exc.kind is ErrorKind.UNAUTHENTICATED else []
-            await _send_json(send, HTTP_STATUS[exc.kind], exc.message, extra)
+        refused = refusal(self.keys, scope["method"], scope["path"], authorization)
+        if refused is not None:
+            status, message, extra = refused
+            await _send_json(send, status, message, extra)
             return
         if self.body_timeout <= 0:
             await self.app(scope, receive, send)
