@@ -25,6 +25,7 @@ from server.core.service import InferenceService
 from server.rest.app import create_app
 from server.rest.fastpath import infer_handler, secure_infer
 from server.rest.http11 import HttpServer
+from server.workers import reuseport_socket
 from tests.support import copy_repository
 
 LIMIT = 1 << 20
@@ -37,14 +38,14 @@ ADD_SUB = orjson.dumps({"inputs": [
 class ThreadedServer:
     """An HttpServer on its own uvloop event loop in a background thread, as the real server runs it."""
 
-    def __init__(self, app: Any, infer: Any, **options: Any) -> None:
+    def __init__(self, app: Any, infer: Any, *, sock: socket.socket | None = None, **options: Any) -> None:
         self.server = HttpServer(app, infer=infer, max_body_bytes=LIMIT, **options)
         self.loop = uvloop.new_event_loop()
         ready = threading.Event()
 
         def main() -> None:
             asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+            self.loop.run_until_complete(self.server.start("127.0.0.1", 0, sock=sock))
             ready.set()
             self.loop.run_forever()
 
@@ -526,3 +527,20 @@ def test_upgrade_requests_are_answered_as_http11(served: ThreadedServer) -> None
         reader = Reader(sock)
         assert reader.response()[0] == 200
         assert reader.response()[0] == 200
+
+
+def test_workers_share_a_reuseport_socket(service: InferenceService) -> None:
+    # --workers: each worker serves its own SO_REUSEPORT socket on the same port.
+    first = reuseport_socket("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    servers = [ThreadedServer(create_app(service, max_body_bytes=LIMIT), infer_handler(service), sock=sock)
+               for sock in (first, reuseport_socket("127.0.0.1", port))]
+    try:
+        assert [s.port for s in servers] == [port, port]
+        for _ in range(8):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                r = http.post("/v2/models/add_sub/infer", content=ADD_SUB)
+                assert r.status_code == 200 and output0(r.content) == [j + 1 for j in range(16)]
+    finally:
+        for srv in servers:
+            srv.stop()
