@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,6 @@ from converters.tf_cells import CellMatch, match_direction
 from converters.weights import resolve
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-_CELL_NAME = re.compile(r"(cell|lstm|gru|rnn)", re.IGNORECASE)
 
 
 @dataclass
@@ -33,7 +31,7 @@ class Loaded:
     variables: dict[str, np.ndarray] = field(default_factory=dict)
     op_names: list[str] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
-    call: Callable[..., Any] | None = None
+    keepalive: Any = None  # the loaded SavedModel object its functions belong to
     declared: set[str] = field(default_factory=set)  # input names whose shape the user gave
     scalars: dict[str, float] = field(default_factory=dict)  # float scalar Consts (e.g. forget_bias)
 

@@ -206,7 +206,7 @@ def _from_saved_model(path: Path, inputs: list[InputSpec] | None) -> Loaded:
     result = _from_function(function, f"SavedModel {path.name} [{key}]", inputs)
     result.variables.update({_plain(v.name): np.asarray(v.numpy()) for v in signature.variables
                              if 1 <= len(v.shape) <= 2})
-    result.call = loaded  # keep the loaded object alive while its functions are used
+    result.keepalive = loaded  # its functions die with it
     return result
 
 
