@@ -255,7 +255,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = INF
         req = self.current
         if req is None and not self.queue:
-            self.transport.close()   # idle keep-alive connection (or one that never sent a byte)
+            self.close()   # idle keep-alive connection (or one that never sent a byte)
         elif req is not None and not req.headers_done:
             self._fail(408, f"the request headers did not arrive within {self.server.header_timeout:g} s")
         else:
@@ -271,14 +271,24 @@ class HttpConnection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    def close(self) -> None:
+        """Close after what is written; nothing more is parsed, no timer acts, no answer starts."""
+        self.stopped = True
+        self.deadline = INF
+        self.queue.clear()
+        if not self.closed:
+            self.transport.close()
+
     def abort(self) -> None:
+        self.stopped = True
+        self.deadline = INF
         if not self.closed:
             self.transport.abort()
 
     def start_drain(self) -> None:
         """Server shutdown: an idle connection closes now, a busy one after its last answer."""
         if self.worker is None and not self.queue and self.current is None and not self.closed:
-            self.transport.close()
+            self.close()
 
     def _linger_close(self) -> None:
         """Close after an error answer without a reset: half-close, drop late input, close on EOF or soon."""
@@ -321,7 +331,7 @@ class HttpConnection(asyncio.Protocol):
                 if self.closed:
                     return
                 if not keep_alive:
-                    self.transport.close()
+                    self.close()
                     return
                 if self.write_paused:
                     await self.drain()
@@ -339,7 +349,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         if self.eof or self.server.draining and self.current is None:
-            self.transport.close()
+            self.close()
             return
         now = self.idle_since = self.loop.time()
         req = self.current
