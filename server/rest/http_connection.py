@@ -55,7 +55,9 @@ class HttpConnection(asyncio.Protocol):
         self.sockname: tuple[str, int] | None = None
         self.queue: deque[Request] = deque()   # headers complete, not yet answered; head = being answered
         self.current: Request | None = None    # the request whose bytes are being parsed
-        self.worker: asyncio.Task[None] | None = None
+        self.worker: asyncio.Task[None] | None = None   # started with the first request, lives with the connection
+        self.busy = False                                  # the worker is answering (else it waits on `wakeup`)
+        self.wakeup: asyncio.Future[None] | None = None
         self.closed = False
         self.stopped = False       # input is no longer parsed (after an error, or while lingering)
         self.eof = False
@@ -85,7 +87,7 @@ class HttpConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        for waiter in (self.queue[0].waiter if self.queue else None, self.drain_waiter):
+        for waiter in (self.queue[0].waiter if self.queue else None, self.drain_waiter, self.wakeup):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         if self.exchange is not None:
@@ -116,7 +118,7 @@ class HttpConnection(asyncio.Protocol):
         if self.current is not None and not self.stopped:
             self._fail(400, "the connection was half-closed in the middle of a request")
         # Keep the write side open while answers are owed; the worker closes afterwards.
-        return bool(self.queue) or self.worker is not None
+        return bool(self.queue) or self.busy
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -142,7 +144,7 @@ class HttpConnection(asyncio.Protocol):
             self.stopped = True
             raise _StopParsing()
         self.current = Request()
-        if self.worker is None:
+        if not self.busy:
             self._set_deadline(self.idle_since + self.server.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -185,8 +187,8 @@ class HttpConnection(asyncio.Protocol):
             self.deadline = INF
         if len(self.queue) >= server.max_pipelined:
             self._pause_reading()
-        if self.worker is None:
-            self.worker = self.loop.create_task(self._work())
+        if not self.busy:
+            self._kick()
 
     def on_body(self, body: bytes) -> None:
         req = self.current
@@ -233,8 +235,8 @@ class HttpConnection(asyncio.Protocol):
         req.error = (status, message)
         if req.waiter is not None and not req.waiter.done():
             req.waiter.set_result(None)
-        if self.worker is None and not self.closed:
-            self.worker = self.loop.create_task(self._work())
+        if not self.busy and not self.closed:
+            self._kick()
 
     def _set_deadline(self, when: float) -> None:
         self.deadline = when
@@ -287,7 +289,7 @@ class HttpConnection(asyncio.Protocol):
 
     def start_drain(self) -> None:
         """Server shutdown: an idle connection closes now, a busy one after its last answer."""
-        if self.worker is None and not self.queue and self.current is None and not self.closed:
+        if not self.busy and not self.queue and self.current is None and not self.closed:
             self.close()
 
     def _linger_close(self) -> None:
@@ -301,7 +303,34 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     # -- answering -----------------------------------------------------------------------------------
-    async def _work(self) -> None:
+    def _kick(self) -> None:
+        """Set the worker answering: wake it, or start it on a connection's first request. One task per
+        connection rather than per request: waking a task costs less than creating one."""
+        self.busy = True
+        wakeup = self.wakeup
+        if wakeup is not None:
+            self.wakeup = None
+            wakeup.set_result(None)
+        elif self.worker is None:
+            self.worker = self.loop.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            while not await self._work():
+                self.busy = False
+                self._idle()
+                if self.closed or self.transport.is_closing():
+                    return
+                self.wakeup = self.loop.create_future()
+                await self.wakeup
+                if self.closed:
+                    return
+        finally:
+            self.worker = None
+            self.busy = False
+
+    async def _work(self) -> bool:
+        """Answer the queue in order; True when the connection is finished (closed or closing)."""
         server = self.server
         try:
             while self.queue and not self.closed:
@@ -316,12 +345,12 @@ class HttpConnection(asyncio.Protocol):
                     await req.waiter
                     req.waiter = None
                     if self.closed:
-                        return
+                        return True
                 if req.error is not None:
                     self._write_error(req, *req.error, keep_alive=False)
                     self.queue.clear()
                     self._linger_close()
-                    return
+                    return True
                 target = server.infer_target(req.url) if req.method == b"POST" else None
                 if target is not None:
                     keep_alive = await self._infer(req, target)
@@ -329,10 +358,10 @@ class HttpConnection(asyncio.Protocol):
                     keep_alive = await self._answer(req)
                 self.queue.popleft()
                 if self.closed:
-                    return
+                    return True
                 if not keep_alive:
                     self.close()
-                    return
+                    return True
                 if self.write_paused:
                     await self.drain()
                 elif self.read_paused and len(self.queue) < server.max_pipelined:
@@ -340,10 +369,8 @@ class HttpConnection(asyncio.Protocol):
         except Exception:  # a bug here must not leave the client hanging
             log.exception("HTTP connection worker failed")
             self.abort()
-            return
-        finally:
-            self.worker = None
-        self._idle()
+            return True
+        return self.closed
 
     def _idle(self) -> None:
         if self.closed:
