@@ -38,10 +38,13 @@ def _graph_to_onnx(loaded: Loaded, *, opset: int) -> onnx.ModelProto:
     from tf2onnx import optimizer, tf_loader, tfonnx
 
     graph_def = loaded.graph_def
-    if {node.op for node in graph_def.node} & {"While", "StatelessWhile", "PartitionedCall",
-                                                "StatefulPartitionedCall"}:
-        # Control-flow-v2 and function calls need grappler's function inlining before tf2onnx.
-        graph_def = tf_loader.tf_optimize(loaded.input_names, loaded.output_names, graph_def)
+    ops = {node.op for node in graph_def.node}
+    if ops & {"While", "StatelessWhile", "PartitionedCall", "StatefulPartitionedCall"} \
+            or any(op.startswith("TensorList") for op in ops):
+        # TF2 graphs (control flow v2, TensorList loops, function calls) need grappler before tf2onnx's
+        # rewriters; TF1 graphs must skip it (it turns the cells' BiasAdd into AddV2, hiding them).
+        with tf.Graph().as_default():  # grappler's meta-graph export needs graph mode
+            graph_def = tf_loader.tf_optimize(loaded.input_names, loaded.output_names, graph_def)
     # Only shapes the user declared override TF's own (tf2onnx wants -1 for a dynamic dimension).
     overrides = {f"{spec.name}:0": [-1 if dim is None else dim for dim in spec.shape]
                  for spec in loaded.specs if spec.name in loaded.declared} or None

@@ -34,6 +34,7 @@ class Loaded:
     keepalive: Any = None  # the loaded SavedModel object its functions belong to
     declared: set[str] = field(default_factory=set)  # input names whose shape the user gave
     scalars: dict[str, float] = field(default_factory=dict)  # float scalar Consts (e.g. forget_bias)
+    loop_scopes: list[str] = field(default_factory=list)  # TF while-loop scopes ("sequential/gru"), for errors
 
 
 def rename_io(model: onnx.ModelProto) -> None:
@@ -160,14 +161,16 @@ def refuse_loops(model: onnx.ModelProto, loaded: Loaded, *, obstacle: str | None
     cells = unmatched_cells(loaded)
     described = [f"{layer!r}" + (f" ({', '.join(feats)})" if (feats := _features(layer, loaded)) else "")
                  for layer in cells]
-    who = "; ".join(described) if described else "an unidentified recurrent layer"
+    scopes = ", ".join(repr(scope) for scope in loaded.loop_scopes)
+    who = "; ".join(described) if described else (f"in loop {scopes}" if scopes else "(unidentified)")
     if loops:
         where = ", ".join(f"{node.op_type} {node.name!r}" for node in loops)
         raise UnsupportedLayerError(
             f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}"
             + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes too) without "
             "cell_clip/num_proj, GRUCell, BasicRNNCell, MultiRNNCell stacks of those under dynamic_rnn, Keras LSTM; "
-            "convert Keras models with the keras converter, which rebuilds every recurrent layer."
+            "convert Keras models (or the SavedModel a TF2 graph was frozen from) with the keras converter, which "
+            "rebuilds every recurrent layer."
         )
     if cells:
         raise UnsupportedLayerError(

@@ -141,7 +141,14 @@ def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
                 scalars[node.name] = float(value)
     return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [f"{name}:0" for name in output_nodes],
                   graph_def=pruned, variables=variables, op_names=[node.name for node in pruned.node],
-                  declared=declared, scalars=scalars)
+                  declared=declared, scalars=scalars, loop_scopes=_loop_scopes(pruned))
+
+
+def _loop_scopes(graph_def: Any) -> list[str]:
+    """Scopes of the graph's while loops: v1 frames (``rnn/while/while_context``) and v2 While nodes."""
+    frames = {node.attr["frame_name"].s.decode() for node in graph_def.node if node.op == "Enter"}
+    frames |= {node.name for node in graph_def.node if node.op in ("While", "StatelessWhile")}
+    return sorted({re.sub(r"/while(/while_context)?$", "", frame) for frame in frames})
 
 
 def _checkpoint_prefix(path: Path) -> str:

@@ -180,3 +180,18 @@ def test_keras3_export_with_bidirectional_lstm_matches_both_directions(tmp_path:
     assert entry["source"]["variables"]["reverse.recurrent_kernel"] == backward.recurrent_kernel.path
     reverse = gates.split_gates_arrays(result.model)["nodes"][0]["directions"][1]["gates"]
     np.testing.assert_allclose(reverse["c"]["W"], backward.kernel.numpy()[:, 8:12].T, atol=1e-7)
+
+
+def test_frozen_tf2_graph_with_unfusable_loop_is_refused_naming_its_scope(tmp_path: Path) -> None:
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from converters import tensorflow as tf_converter
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.GRU(4, name="frozen_gru")])
+    function = tf.function(lambda x: model(x), input_signature=_signature())
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    path = tmp_path / "frozen_v2.pb"
+    path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    with pytest.raises(UnsupportedLayerError, match=r"in loop '[^']*frozen_gru[^']*'.*did not fuse"):
+        tf_converter.convert(path, opset=17)
