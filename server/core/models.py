@@ -13,7 +13,7 @@ import numpy as np
 from server.core import datatypes
 from server.core.batcher import DynamicBatcher
 from server.core.sequences import StatePair
-from server.core.errors import InvalidArgument
+from server.core.errors import FailedPrecondition, InvalidArgument
 from server.core.model_config import TensorSpec, tensor_specs
 from server.core.runtime import ModelRuntime
 from server.core.stats import ModelStats
@@ -131,7 +131,10 @@ class ModelVersion:
 
             from converters.gates import split_gates  # numpy + onnx only; no framework
 
-            self._gates = split_gates(onnx.load_model_from_string(self.raw))
+            try:
+                self._gates = split_gates(onnx.load_model_from_string(self.raw))
+            except ValueError as exc:  # AnnotationError: e.g. weights computed at run time, not constants
+                raise FailedPrecondition(f"model '{self.name}' has no per-gate form: {exc}") from None
         return self._gates
 
 
