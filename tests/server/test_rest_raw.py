@@ -267,3 +267,22 @@ def test_failing_model_does_not_stop_the_others(tmp_path) -> None:
         assert [m["name"] for m in ready] == ["lstm_tiny"]
     finally:
         proc.stop()
+
+
+def test_gates_endpoint_splits_the_fused_lstm(http: httpx.Client) -> None:
+    from onnx import numpy_helper
+
+    model = onnx.load(str(EXAMPLES / "lstm_tiny" / "1" / "model.onnx"))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    hidden = 4
+    doc = http.get("/v2/models/lstm_tiny/versions/1/gates").json()
+    node = doc["nodes"][0]
+    assert node["op"] == "LSTM" and node["hidden_size"] == hidden and node["input_size"] == 2
+    gates = node["directions"][0]["gates"]
+    for k, letter in enumerate("iofc"):  # ONNX gate order in W, R and B
+        np.testing.assert_array_equal(np.array(gates[letter]["W"], np.float32),
+                                      weights["W"][0, k * hidden:(k + 1) * hidden])
+        np.testing.assert_array_equal(np.array(gates[letter]["Rb"], np.float32),
+                                      weights["B"][0, 4 * hidden + k * hidden:4 * hidden + (k + 1) * hidden])
+    assert http.get("/v2/models/add_sub/gates").json()["nodes"] == []
+    assert http.get("/v2/models/nope/gates").status_code == 404
