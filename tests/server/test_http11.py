@@ -403,6 +403,9 @@ def test_graceful_shutdown_finishes_the_request_in_flight(service: InferenceServ
 
 
 # -- the ASGI bridge ---------------------------------------------------------------------------------
+BIG_CHUNKS = 128
+
+
 async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A small ASGI app exercising what the bridge must do for apps other than ours."""
     path = scope["path"]
@@ -416,6 +419,13 @@ async def probe_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         for part in (b"one,", b"two,", b"three"):
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/big":   # 8 MiB in 64 KiB pieces, more than socket buffers hold
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(BIG_CHUNKS * 65536).encode())]})
+        for i in range(BIG_CHUNKS):
+            await send({"type": "http.response.body", "body": bytes([i % 251]) * 65536,
+                        "more_body": i < BIG_CHUNKS - 1})
         return
     echo = {k: scope[k] for k in ("method", "path", "query_string", "http_version", "scheme", "root_path")}
     echo["raw_path"] = scope["raw_path"].decode()
@@ -452,6 +462,15 @@ def test_asgi_scope_streaming_head_and_app_failures(service: InferenceService) -
             # POST .../infer goes to the inference handler, not to the app
             r = http.post("/v2/models/add_sub/infer", content=ADD_SUB)
             assert output0(r.content) == [j + 1 for j in range(16)]
+        with connect(srv) as sock:   # a slow reader: the app's sends wait while the transport is full
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /v2/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.5)
+            reader = Reader(sock)
+            status, _, body = reader.response()
+            assert status == 200 and len(body) == BIG_CHUNKS * 65536
+            assert all(body[i * 65536] == i % 251 and body[i * 65536 + 65535] == i % 251 for i in range(BIG_CHUNKS))
+            assert orjson.loads(reader.response()[2])["path"] == "/v2/x"
         with connect(srv) as sock:   # HTTP/1.0 cannot be chunked: the body ends with the connection
             sock.sendall(b"GET /stream HTTP/1.0\r\n\r\n")
             data = b""
