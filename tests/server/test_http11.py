@@ -25,6 +25,7 @@ from server.core.service import InferenceService
 from server.rest.app import create_app
 from server.rest.fastpath import infer_handler, secure_infer
 from server.rest.http11 import HttpServer
+from server.rest.security import secure_app
 from server.workers import reuseport_socket
 from tests.support import copy_repository
 
@@ -563,3 +564,32 @@ def test_workers_share_a_reuseport_socket(service: InferenceService) -> None:
     finally:
         for srv in servers:
             srv.stop()
+
+
+def test_security_layers_on_both_paths(service: InferenceService) -> None:
+    # Composed as the server does: secure_app around FastAPI, secure_infer around the inference handler.
+    admin, inference = "admin-key-0123456789abcdef", "infer-key-0123456789abcdef"
+    keys = KeyRing(admin_keys=(admin.encode(),), inference_keys=(inference.encode(),))
+    origins = ["http://ui.example"]
+    app = secure_app(create_app(service, max_body_bytes=LIMIT), keys, cors_origins=origins, body_timeout_secs=0)
+    srv = ThreadedServer(app, secure_infer(infer_handler(service), keys, cors_origins=origins))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as http:
+            for method, path in (("GET", "/v2/models/add_sub"), ("POST", "/v2/models/add_sub/infer")):
+                r = http.request(method, path, content=ADD_SUB if method == "POST" else None,
+                                 headers={"Origin": "http://ui.example"})
+                assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), path
+                assert r.headers["access-control-allow-origin"] == "http://ui.example", path
+                r = http.request(method, path, content=ADD_SUB if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {inference}"})
+                assert r.status_code == 200, path
+            r = http.options("/v2/models/add_sub/infer", headers={
+                "Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, inference-header-content-length"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
+            r = http.put("/v2/repository/models/m/versions/1", content=b"x",
+                         headers={"Authorization": f"Bearer {inference}"})
+            assert r.status_code == 403
+            assert http.get("/v2/health/ready").status_code == 200
+    finally:
+        srv.stop()
