@@ -154,6 +154,8 @@ def emit_simple(b: GraphBuilder, layer: Any, x: str) -> str:
         return emit_dense(b, layer, x)
     if kind == "PReLU":
         return emit_prelu(b, layer, x)
+    if kind == "TimeDistributed" and type(layer.layer).__name__ in ("Dense", "Activation", "Dropout"):
+        return emit_simple(b, layer.layer, x)  # these act on the last axis: per step is the same op
     if kind == "Embedding":
         if config.get("mask_zero"):
             raise UnsupportedLayerError(f"layer {layer.name!r} (Embedding): mask_zero=True masks the layers after "

@@ -46,6 +46,8 @@ CASES: dict[str, Callable[[], Any]] = {
     "simple-rnn": lambda: sequential(keras.layers.SimpleRNN(4, return_sequences=True)),
     "bidirectional-lstm": lambda: sequential(keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True))),
     "bidirectional-gru": lambda: sequential(keras.layers.Bidirectional(keras.layers.GRU(3, reset_after=False))),
+    "time-distributed-dense": lambda: sequential(keras.layers.GRU(4, return_sequences=True),
+                                                 keras.layers.TimeDistributed(keras.layers.Dense(2, activation="relu"))),
     "stacked-dynamic-time": lambda: sequential(keras.layers.LSTM(4, return_sequences=True), keras.layers.GRU(3),
                                                keras.layers.Dense(2, activation="tanh"), shape=(None, 3)),
 }
