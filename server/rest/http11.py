@@ -44,6 +44,7 @@ class HttpServer:
         self.max_concurrency = max_concurrency   # requests being answered at once; more -> 503; 0: unbounded
         self.active = 0
         self.connections: set[HttpConnection] = set()
+        self.workers: set[asyncio.Task[None]] = set()   # one per connection that has had a request
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -78,6 +79,11 @@ class HttpServer:
                 log.warning("shutdown: %d connection(s) still busy after %ss; closing them", len(self.connections), grace)
         for conn in list(self.connections):
             conn.abort()
+        # Let every connection's worker see its connection gone; one stuck in the app is cancelled.
+        if self.workers:
+            _, stuck = await asyncio.wait(list(self.workers), timeout=1.0)
+            for task in stuck:
+                task.cancel()
 
     def infer_target(self, url: bytes) -> tuple[str, str] | None:
         """(model, version) when a POST to `url` is an inference request. Clients repeat the same few

@@ -313,6 +313,7 @@ class HttpConnection(asyncio.Protocol):
             wakeup.set_result(None)
         elif self.worker is None:
             self.worker = self.loop.create_task(self._serve())
+            self.server.workers.add(self.worker)
 
     async def _serve(self) -> None:
         try:
@@ -326,6 +327,7 @@ class HttpConnection(asyncio.Protocol):
                 if self.closed:
                     return
         finally:
+            self.server.workers.discard(self.worker)  # type: ignore[arg-type]
             self.worker = None
             self.busy = False
 

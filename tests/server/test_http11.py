@@ -185,7 +185,7 @@ def test_tritonclient_infer(served: ThreadedServer, binary: bool) -> None:
         assert res.get_response()["id"] == f"r{i}"
     with pytest.raises(Exception, match="unknown model|not found"):
         client.infer("no_such_model", inputs)
-    client.close()
+    del client   # closes it now, on this thread: gevent objects must not be finalised from another one
 
 
 def _tiny_model(scale: float) -> bytes:
