@@ -24,24 +24,88 @@ from converters.annotations import (
     node_annotation,
     read_annotations,
 )
-from converters.parity import run_onnx, set_metadata, specs_of
+from converters.parity import random_feeds, run_onnx, set_metadata, specs_of
+from converters.weights import NotConstantError, resolve
 
 STATE_KEY = "modelbridge.state"
+# Ops whose output depends only on the SHAPE of their first input, never on its values.
+_SHAPE_ONLY = {"Shape", "Size"}
 
 
 class StatefulError(ValueError):
     """A model that cannot be exported in step form (names the node and why)."""
 
 
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the graph's nodes read, including those of Loop/If/Scan bodies (outer-scope reads)."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= _names_read(body)
+    return names
+
+
 def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes whose outputs nobody reads (the zero-state builders we replaced)."""
+    """Drop nodes and initializers nobody reads (the zero states we replaced and their builders)."""
     while True:
-        used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        used = _names_read(graph) | {out.name for out in graph.output}
         dead = [index for index, node in enumerate(graph.node) if not any(out in used for out in node.output if out)]
         if not dead:
-            return
+            break
         for index in reversed(dead):
             del graph.node[index]
+    inputs = {value.name for value in graph.input}
+    unused = [index for index, init in enumerate(graph.initializer) if init.name not in used | inputs]
+    for index in reversed(unused):
+        del graph.initializer[index]
+
+
+def _data_dependent(graph: onnx.GraphProto) -> dict[str, str]:
+    """Tensors whose VALUES depend on a graph input, each mapped to the graph input it comes from.
+
+    A zero state built as Expand(0, Shape(x)) depends on x's shape only: it is a constant zero for
+    the step form.  Nodes with subgraphs (Loop/If/Scan) count as dependent when any input is.
+    """
+    initializers = {init.name for init in graph.initializer}
+    dependent = {value.name: value.name for value in graph.input if value.name not in initializers}
+    for node in graph.node:  # graph.node is topologically sorted (onnx.checker requires it)
+        if node.op_type in _SHAPE_ONLY:
+            continue
+        origin = next((dependent[name] for name in node.input if name in dependent), None)
+        if origin is not None:
+            dependent.update({out: origin for out in node.output if out})
+    return dependent
+
+
+def _check_initial_state(model: onnx.ModelProto, name: str, *, label: str, kind: str,
+                         dependent: dict[str, str]) -> None:
+    """Refuse an initial state the step form would silently change: computed, or a non-zero constant."""
+    graph = model.graph
+    if not name:
+        return
+    if any(value.name == name for value in graph.input) and name in dependent:
+        raise StatefulError(f"{label} already takes initial_{kind} from graph input {name!r}; the step form "
+                            "would replace it with the state the server carries")
+    if name in dependent:
+        producer = next((node for node in graph.node if name in node.output), None)
+        made_by = f" (made by {producer.op_type} node {producer.name!r})" if producer is not None else ""
+        raise StatefulError(f"{label}: initial_{kind} is tensor {name!r}{made_by}, computed from input "
+                            f"{dependent[name]!r}; only a constant zero initial state can become the server's "
+                            "carried state")
+    try:
+        value = resolve(model, name)
+    except NotConstantError:  # built from input shapes only (a zero state sized to the batch): run it
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        value = run_onnx(probe, random_feeds(probe))[name]
+    if np.any(value != 0):
+        raise StatefulError(f"{label}: initial_{kind} is a non-zero constant (tensor {name!r}, max |value| "
+                            f"{float(np.max(np.abs(value))):.3g}); the server starts every sequence from zeros, "
+                            "so the step form would change the model's answers")
 
 
 def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -49,21 +113,26 @@ def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    graph_inputs = {value.name for value in graph.input}
     nodes = [node for node in graph.node if node.op_type in GATE_ORDERS]
     if not nodes:
         raise StatefulError("the model has no LSTM/GRU/RNN node, so it has no state to carry")
     pairs: list[dict[str, str]] = []
     entries = {entry["node"]: entry for entry in read_annotations(result)}
     new_nodes: list[tuple[int, onnx.NodeProto]] = []
+    dependent = _data_dependent(graph)
     for index, node in enumerate(nodes):
         described = describe_node(result, node)
-        label = f"{node.op_type} node {node.name!r}"
+        layer = (node_annotation(node) or entries.get(node.name) or {}).get("source", {}).get("layer")
+        label = f"{node.op_type} node {node.name!r}" + (f" (layer {layer!r})" if layer else "")
         if described["direction"] != "forward":
             raise StatefulError(f"{label} runs {described['direction']}: it reads the sequence backwards, "
-                                "so it cannot be streamed step by step")
+                                "and a reverse direction needs the future, so it cannot be streamed step by step")
         if described["layout"] != 0:
-            raise StatefulError(f"{label} has layout {described['layout']}; only layout 0 is supported")
+            raise StatefulError(f"{label} has layout {described['layout']} (batch-major); the step form needs "
+                                "layout 0 (sequence-major), which our converters always emit")
+        for slot, kind in ((5, "h"), (6, "c")):
+            if len(node.input) > slot:
+                _check_initial_state(model, node.input[slot], label=label, kind=kind, dependent=dependent)
         kinds = ["h", "c"] if node.op_type == "LSTM" else ["h"]
         while len(node.input) < 5 + len(kinds):
             node.input.append("")
@@ -72,8 +141,6 @@ def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
         state: dict[str, Any] = {}
         for kind in kinds:
             slot = 5 if kind == "h" else 6
-            if node.input[slot] in graph_inputs:
-                raise StatefulError(f"{label} already takes initial_{kind} from graph input {node.input[slot]!r}")
             state_in, state_out = f"state_{index}_{kind}", f"state_{index}_{kind}_out"
             fed, returned = f"{node.name}.initial_{kind}", node.output[slot - 4] or f"{node.name}.Y_{kind}"
             node.output[slot - 4] = returned
@@ -90,6 +157,7 @@ def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
             pairs.append({"input": state_in, "output": state_out})
             state[f"initial_{kind}"] = {"input": state_in, "output": state_out, "shape": "[batch, 1, hidden_size]",
                                         "initial": "zeros"}
+        state["initial_state"] = "zeros"
         entry = node_annotation(node) or entries.get(node.name)
         if entry is not None:
             entry["state"] = state
@@ -158,4 +226,51 @@ def check_streaming(
     if worst > atol:
         raise StatefulError(f"the step form does not reproduce the whole sequence (max difference {worst:.3g} > "
                             f"{atol:g}); is time axis {time_axis} right, and is every step independent of later ones?")
+    return worst
+
+
+def zero_state(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
+    """The state feeds a sequence starts from: zeros of ``[batch, 1, hidden]`` for every pair."""
+    inputs = {value.name: value for value in model.graph.input}
+    return {
+        pair["input"]: np.zeros(
+            (batch, *[dim.dim_value for dim in inputs[pair["input"]].type.tensor_type.shape.dim[1:]]), np.float32
+        )
+        for pair in state_pairs(model)
+    }
+
+
+def run_steps(
+    model: onnx.ModelProto, name: str, sequence: np.ndarray, *, time_axis: int = 1
+) -> list[dict[str, np.ndarray]]:
+    """Feed ``sequence`` to input ``name`` one step at a time, carrying the state as the server does.
+
+    Returns each step's outputs, state outputs left out.
+    """
+    pairs = state_pairs(model)
+    hidden = {pair["output"] for pair in pairs}
+    state = zero_state(model, sequence.shape[0])
+    steps = []
+    for step in range(sequence.shape[time_axis]):
+        out = run_onnx(model, {name: np.take(sequence, [step], axis=time_axis), **state})
+        state = {pair["input"]: out[pair["output"]] for pair in pairs}
+        steps.append({key: value for key, value in out.items() if key not in hidden})
+    return steps
+
+
+def streaming_error(model: onnx.ModelProto, name: str, sequence: np.ndarray, *, time_axis: int = 1) -> float:
+    """Largest difference between each step's outputs and the whole prefix up to it run at once.
+
+    An output with a time axis is compared at its last step; one without (a return_sequences=False
+    model) is the answer after the prefix, which is what each step answers too.
+    """
+    worst = 0.0
+    for step, outputs in enumerate(run_steps(model, name, sequence, time_axis=time_axis)):
+        prefix = np.take(sequence, range(step + 1), axis=time_axis)
+        whole = run_onnx(model, {name: prefix, **zero_state(model, sequence.shape[0])})
+        for key, value in outputs.items():
+            expected = whole[key]
+            if expected.ndim > time_axis and expected.shape[time_axis] == step + 1 != value.shape[time_axis]:
+                expected = np.take(expected, [step], axis=time_axis)
+            worst = max(worst, float(np.max(np.abs(value - expected))))
     return worst
