@@ -60,7 +60,11 @@ def detect_framework(source: Any) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
             return "tensorflow"
-        raise UnsupportedSourceError(f"directory {str(path)!r} is not a TensorFlow SavedModel (no saved_model.pb)")
+        if (path / "checkpoint").is_file():  # a TF1 checkpoint folder: the converter takes its latest .meta
+            return "tensorflow"
+        raise UnsupportedSourceError(
+            f"directory {str(path)!r} is neither a TensorFlow SavedModel (saved_model.pb) nor a checkpoint folder"
+        )
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth", ".pt2", ".ts"):
         return "pytorch"

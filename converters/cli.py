@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                          "so the server can carry it between requests of a sequence")
     convert.add_argument("--time-axis", type=int, default=1,
                          help="the time axis of the inputs, for proving the step form (default 1: [batch, time, ...])")
+    convert.add_argument("--output-name", dest="outputs", action="append", metavar="TENSOR",
+                         help="TensorFlow graphs: a graph tensor to export as an output (default: found from the "
+                         "graph); repeat")
     convert.set_defaults(func=run_convert)
 
     gates = subparsers.add_parser(
@@ -68,8 +71,10 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"[{time.monotonic() - started:6.1f}s] {stage}", file=sys.stderr, flush=True)
 
     try:
+        extra = {"outputs": args.outputs} if args.outputs else {}
         result = convert(args.source, framework=args.framework, inputs=args.inputs, opset=args.opset,
-                         atol=args.atol, progress=progress, stateful=args.stateful, time_axis=args.time_axis)
+                         atol=args.atol, progress=progress, stateful=args.stateful, time_axis=args.time_axis,
+                         **extra)
     except ParityError as exc:
         print(f"error: {exc}\n{exc.report.summary()}", file=sys.stderr)
         return EXIT_FAILED

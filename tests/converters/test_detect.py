@@ -24,8 +24,11 @@ def test_saved_model_directory_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "saved_model.pb").write_bytes(b"x")
     assert detect_framework(tmp_path / "saved") == "tensorflow"
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "checkpoint").write_text('model_checkpoint_path: "model"\n')
+    assert detect_framework(tmp_path / "ckpt") == "tensorflow"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UnsupportedSourceError, match="is not a TensorFlow SavedModel"):
+    with pytest.raises(UnsupportedSourceError, match="neither a TensorFlow SavedModel"):
         detect_framework(tmp_path / "empty")
     with pytest.raises(UnsupportedSourceError, match="does not exist"):
         detect_framework(tmp_path / "missing.pt")
