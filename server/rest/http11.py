@@ -41,7 +41,9 @@ class HttpServer:
         self.body_timeout = body_timeout or INF
         self.keepalive_timeout = keepalive_timeout or INF
         self.max_pipelined = max(1, max_pipelined)
-        self.max_concurrency = max_concurrency   # requests being answered at once; more -> 503; 0: unbounded
+        # Connections open and requests being answered, each at most this many, else 503 (as uvicorn's
+        # limit_concurrency, which this server replaces); 0: unbounded.
+        self.max_concurrency = max_concurrency
         self.active = 0
         self.connections: set[HttpConnection] = set()
         self.workers: set[asyncio.Task[None]] = set()   # one per connection that has had a request
@@ -84,6 +86,10 @@ class HttpServer:
             _, stuck = await asyncio.wait(list(self.workers), timeout=1.0)
             for task in stuck:
                 task.cancel()
+
+    def over_limit(self) -> bool:
+        """Whether a request arriving now is refused: too many other connections or requests in progress."""
+        return self.active >= self.max_concurrency or len(self.connections) > self.max_concurrency
 
     def infer_target(self, url: bytes) -> tuple[str, str] | None:
         """(model, version) when a POST to `url` is an inference request. Clients repeat the same few

@@ -397,7 +397,7 @@ class HttpConnection(asyncio.Protocol):
 
     async def _infer(self, req: Request, target: tuple[str, str]) -> bool:
         server = self.server
-        if server.max_concurrency and server.active >= server.max_concurrency:
+        if server.max_concurrency and server.over_limit():
             return self._write_busy(req)
         server.active += 1
         try:
@@ -413,7 +413,7 @@ class HttpConnection(asyncio.Protocol):
     async def _answer(self, req: Request) -> bool:
         """Any request but inference: through the ASGI app."""
         server = self.server
-        if server.max_concurrency and server.active >= server.max_concurrency:
+        if server.max_concurrency and server.over_limit():
             return self._write_busy(req)
         raw_path, query, path = split_target(req.url)
         server.active += 1

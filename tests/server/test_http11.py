@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -503,7 +502,7 @@ def test_secure_infer_checks_keys_and_sets_cors(service: InferenceService) -> No
         srv.stop()
 
 
-def test_concurrency_limit_answers_503(service: InferenceService, tmp_path: Path) -> None:
+def test_concurrency_limit_answers_503(service: InferenceService) -> None:
     release = asyncio.Event()
 
     async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -513,14 +512,26 @@ def test_concurrency_limit_answers_503(service: InferenceService, tmp_path: Path
 
     srv = ThreadedServer(slow_app, infer_handler(service), max_concurrency=1)
     try:
-        with connect(srv) as first, connect(srv) as second:
+        with connect(srv) as first:
             first.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-            time.sleep(0.2)
-            second.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-            status, headers, body = Reader(second).response()
-            assert status == 503 and headers["retry-after"] == "1" and "concurrency limit" in orjson.loads(body)["error"]
+            time.sleep(0.2)   # being answered now
+            with connect(srv) as second:
+                second.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+                status, headers, body = Reader(second).response()
+                assert status == 503 and headers["retry-after"] == "1"
+                assert "concurrency limit" in orjson.loads(body)["error"]
             srv.loop.call_soon_threadsafe(release.set)
-            assert Reader(first).response()[0] == 204
+            reader = Reader(first)
+            assert reader.response()[0] == 204
+            deadline = time.monotonic() + 5
+            while srv.connection_count() > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            first.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")   # alone again: served
+            assert reader.response()[0] == 204
+        with connect(srv) as idle, connect(srv) as other:   # an open connection counts, busy or not
+            other.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert Reader(other).response()[0] == 503
+            assert idle.fileno() >= 0
     finally:
         srv.stop()
 
