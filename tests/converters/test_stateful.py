@@ -73,7 +73,8 @@ def test_streaming_step_by_step_equals_torch_on_the_whole_sequence(
 def test_bidirectional_cannot_stream() -> None:
     torch.manual_seed(9)
     result = convert_torch(_BiGru(), inputs=[InputSpec("x", (None, None, 2))], exporter="torchscript")
-    with pytest.raises(StatefulError, match="runs bidirectional: it reads the sequence backwards"):
+    with pytest.raises(StatefulError, match=r"GRU node '.*' \(layer 'gru'\) runs bidirectional: it reads the "
+                                            "sequence backwards, and a reverse direction needs the future"):
         make_stateful(result.model)
 
 
@@ -105,7 +106,7 @@ def test_fixed_time_length_is_refused_naming_the_input() -> None:
 HIDDEN = 3
 
 
-def _lstm_graph(*, layout: int = 0, initial_h: str = "", extra_nodes: list | None = None,
+def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str = "", extra_nodes: list | None = None,
                 extra_inits: list | None = None, extra_inputs: list | None = None) -> onnx.ModelProto:
     """x [2, time, 3] (batch first, like every converted model) → LSTM(hidden 3) → y; initial_h as given."""
     from onnx import TensorProto, helper, numpy_helper
@@ -117,7 +118,8 @@ def _lstm_graph(*, layout: int = 0, initial_h: str = "", extra_nodes: list | Non
     if layout == 0:
         nodes.append(helper.make_node("Transpose", ["x"], ["x_time_major"], perm=[1, 0, 2]))
     nodes.append(helper.make_node("LSTM", ["x_time_major" if layout == 0 else "x", "W", "R", "B", "", initial_h],
-                                  ["y"], name="lstm_node", hidden_size=HIDDEN, layout=layout))
+                                  ["y"], name="lstm_node", hidden_size=HIDDEN, layout=layout,
+                                  direction=direction))
     graph = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "time", 3]), *(extra_inputs or [])],
@@ -186,6 +188,11 @@ def test_a_zero_state_sized_from_the_input_shape_is_replaced() -> None:
     stateful = make_stateful(model)
     assert {node.op_type for node in stateful.graph.node} == {"LSTM", "Transpose"}, "the dead zero builder is gone"
     assert check_streaming(model, stateful) <= 1e-5
+
+
+def test_a_reverse_node_is_refused() -> None:
+    with pytest.raises(StatefulError, match="LSTM node 'lstm_node' runs reverse: .*cannot be streamed"):
+        make_stateful(_lstm_graph(direction="reverse"))
 
 
 def test_layout_1_is_refused() -> None:
