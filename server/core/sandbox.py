@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from server.core.errors import InvalidArgument, PayloadTooLarge, Unavailable
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+MAX_CONCURRENT_CHECKS = 2
+_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ def check_model_bytes(data: bytes, limits: Limits = Limits()) -> dict[str, Any]:
         raise InvalidArgument("the uploaded model is empty")
     if len(data) > limits.max_model_bytes:
         raise PayloadTooLarge(f"the model is {len(data)} bytes, over the limit of {limits.max_model_bytes}")
+    # Each check may use memory_bytes: a burst of uploads must not multiply that without bound.
+    if not _SLOTS.acquire(timeout=limits.timeout_secs):
+        raise Unavailable(f"{MAX_CONCURRENT_CHECKS} model checks are already running; retry later", retry_after=5)
+    try:
+        return _check(data, limits)
+    finally:
+        _SLOTS.release()
+
+
+def _check(data: bytes, limits: Limits) -> dict[str, Any]:
     cpu = max(1, int(limits.timeout_secs + 1))
     cmd = [sys.executable, "-m", "server.core.sandbox", str(limits.memory_bytes), str(cpu)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_PARENT, os.environ.get("PYTHONPATH")])),
