@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -263,3 +266,33 @@ def test_committed_examples_carry_state_metadata(example: str, framework: str, k
         sorted(pairs, key=key)
     assert all(entry["source"]["framework"] == framework and entry["state"]["initial_state"] == "zeros"
                for entry in read_annotations(model))
+
+
+def test_cli_stateful_flag_writes_a_step_form_that_streams_like_torch(tmp_path: Path) -> None:
+    """`modelbridge convert ... --stateful` as a user runs it, on a TorchScript file of a stacked GRU."""
+    torch.manual_seed(12)
+    source = _GruStack().eval()
+    path = tmp_path / "gru.pt"
+    torch.jit.trace(source, torch.randn(2, 5, 3)).save(str(path))
+    target = tmp_path / "gru.onnx"
+    done = subprocess.run([sys.executable, "-m", "converters.cli", "convert", str(path), "-o", str(target),
+                           "--input", "x:-1,-1,3", "--stateful"], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    model = onnx.load(str(target))
+    assert [pair["input"] for pair in state_pairs(model)] == ["state_0_h", "state_1_h"]
+    from converters.stateful import run_steps
+
+    x = np.random.default_rng(13).normal(size=(2, 6, 3)).astype(np.float32)
+    output = model.graph.output[0].name
+    steps = np.concatenate([step[output] for step in run_steps(model, "x", x)], axis=1)
+    np.testing.assert_allclose(steps, source(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+class _GruStack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 4, num_layers=2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(x)[0]
