@@ -33,7 +33,9 @@ def merge(parameters: dict[str, Any], remaining_secs: float | None) -> None:
     """Fold a transport deadline (gRPC's time remaining) into the `timeout` parameter: the sooner wins."""
     if remaining_secs is None:
         return
-    us = max(1, int(remaining_secs * 1e6))
+    # A little before the transport's deadline, so the server answers with its own clear error rather
+    # than racing the transport's cancellation of the call.
+    us = max(1, int((remaining_secs - min(0.02, remaining_secs * 0.1)) * 1e6))
     given = parameters.get(PARAM)
     if isinstance(given, int) and not isinstance(given, bool) and 0 < given < us:
         return
