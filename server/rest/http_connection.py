@@ -1,9 +1,9 @@
 """One client connection of the REST port's HTTP/1.1 server (http11.HttpServer): parsing, ordering,
 limits, timeouts, and answering.
 
-httptools calls back as bytes arrive; a request is queued once its headers are complete, and one
-worker task per busy connection answers the queue head, waiting for its body if needed, so
-pipelined requests are answered strictly in order. POST .../infer goes straight to the inference
+httptools calls back as bytes arrive; a request is queued once its headers are complete, and the
+connection's one worker task answers the queue head, waiting for its body if needed, so pipelined
+requests are answered strictly in order (the worker sleeps on a future while the queue is empty). POST .../infer goes straight to the inference
 handler (bytes in, bytes out); everything else goes to the ASGI app through asgi_bridge.
 
 Errors found while parsing (malformed input, size limits, timeouts) are queued like requests: they are
