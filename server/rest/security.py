@@ -28,12 +28,16 @@ CORS_HEADERS = ["Authorization", "Content-Type", "Inference-Header-Content-Lengt
 CORS_EXPOSE = ["ETag", "Inference-Header-Content-Length", "Retry-After", "WWW-Authenticate"]
 
 
+_READ_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})   # POST: infer (repository POSTs are above)
+
+
 def scope_of(method: str, path: str) -> Scope:
     """Which scope an HTTP request needs. Anything under /v2 that is not a health probe needs at least
     inference, so a route added later is never open by accident."""
     if path in ("/v2/health/live", "/v2/health/ready"):
         return Scope.OPEN
-    if path.startswith("/v2/repository") or (method == "PUT" and path.startswith("/v2/")):
+    # Writes other than inference (PUT uploads today; DELETE/PATCH if they ever appear) are administration.
+    if path.startswith("/v2/repository") or (method not in _READ_METHODS and path.startswith("/v2")):
         return Scope.ADMIN
     if path == "/v2" or path.startswith("/v2/"):
         return Scope.INFERENCE

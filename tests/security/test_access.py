@@ -219,3 +219,29 @@ def test_keyring_rules() -> None:
     with pytest.raises(InvalidArgument):
         build_keyring(admin_keys="caf\u00e9" * 8)
     assert onnx.load_model_from_string(scale_model()).graph.name == "scale"
+
+
+def test_every_rest_route_is_classified(tmp_path: Path) -> None:
+    """Walk the routes the app really serves: repository routes and every write are administration,
+    everything else under /v2 but health needs at least inference."""
+    from server.core.repository import ModelRepository
+    from server.core.service import InferenceService
+    from server.rest.app import create_app
+    from server.rest.security import scope_of
+
+    app = create_app(InferenceService(ModelRepository(copy_repository(tmp_path / "repo", ["add_sub"]))))
+    seen = 0
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        for method in getattr(route, "methods", None) or ():
+            concrete = path.replace("{model}", "m").replace("{version}", "1")
+            scope = scope_of(method, concrete)
+            if path.startswith("/v2/repository") or method not in ("GET", "HEAD", "POST"):
+                assert scope is Scope.ADMIN, (method, path)
+            elif path.startswith("/v2/health/"):
+                assert scope is Scope.OPEN, (method, path)
+            elif path.startswith("/v2"):
+                assert scope is Scope.INFERENCE, (method, path)
+            seen += 1
+    assert seen > 20
+    assert scope_of("DELETE", "/v2/models/m") is Scope.ADMIN and scope_of("PATCH", "/v2") is Scope.ADMIN
