@@ -145,7 +145,11 @@ class HttpConnection(asyncio.Protocol):
             raise _StopParsing()
         self.current = Request()
         if not self.busy:
-            self._set_deadline(self.idle_since + self.server.header_timeout)
+            server = self.server
+            # Headers are due header_timeout after the previous answer, or after their first byte when
+            # an idle connection may wait longer than that.
+            start = self.loop.time() if server.keepalive_timeout > server.header_timeout else self.idle_since
+            self._set_deadline(start + server.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.current.url += url  # type: ignore[union-attr]

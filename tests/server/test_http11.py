@@ -604,3 +604,21 @@ def test_security_layers_on_both_paths(service: InferenceService) -> None:
             assert http.get("/v2/health/ready").status_code == 200
     finally:
         srv.stop()
+
+
+def test_keep_alive_longer_than_header_timeout(service: InferenceService) -> None:
+    # A client idle for longer than the header timeout (but within keep-alive) still gets its answer.
+    srv = ThreadedServer(create_app(service, max_body_bytes=LIMIT), infer_handler(service),
+                         header_timeout=0.3, keepalive_timeout=2.0)
+    try:
+        with connect(srv) as sock:
+            reader = Reader(sock)
+            for _ in range(2):
+                request = infer_request()
+                sock.sendall(request[:20])   # headers in two pieces: the deadline runs between them
+                time.sleep(0.05)
+                sock.sendall(request[20:])
+                assert reader.response()[0] == 200
+                time.sleep(0.6)
+    finally:
+        srv.stop()
