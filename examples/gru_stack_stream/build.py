@@ -23,6 +23,7 @@ from converters import ConversionResult, InputSpec, convert
 from converters.annotations import read_annotations
 from converters.stateful import check_streaming, make_stateful, state_pairs, streaming_error
 from examples.build_zoo import REPOSITORY, publish
+from examples.sine_lstm_stream.usage import usage
 
 NAME = "gru_stack_stream"
 HIDDEN, LAYERS, LENGTH, NOISE = 16, 2, 32, 0.3
@@ -90,7 +91,7 @@ def main() -> None:
         notes=f"\nStep form check (onnxruntime): 3 signals of 48 samples fed one sample per call, carrying the "
         f"state, against each prefix run whole from zero state: max difference {error:.3g}.\n\nState pairs (input → output, "
         f"batch-first `[batch, 1, hidden]`, zeros at sequence start): "
-        f"{pairs}.\n",
+        f"{pairs}.\n" + usage(NAME, "noisy", "output", 1),
     )
     (REPOSITORY / NAME / "config.pbtxt").write_text(CONFIG)
 

@@ -24,6 +24,7 @@ from converters.annotations import read_annotations
 from converters.stateful import check_streaming, make_stateful, state_pairs, streaming_error
 from examples.build_zoo import REPOSITORY, publish
 from examples.sine_lstm.build import STEP, WINDOW, windows
+from examples.sine_lstm_stream.usage import usage
 
 NAME = "sine_lstm_stream"
 CONFIG = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"
@@ -71,7 +72,7 @@ def main() -> None:
         notes=f"\nStep form check (onnxruntime): 3 waves of 40 samples fed one sample per call, carrying the "
         f"state, against each prefix run whole from zero state: max difference {error:.3g}.\n\nState pairs (input → output, "
         f"batch-first `[batch, 1, hidden]`, zeros at sequence start): "
-        f"{pairs}.\n",
+        f"{pairs}.\n" + usage(NAME, "sample", "next_value", 1),
     )
     (REPOSITORY / NAME / "config.pbtxt").write_text(CONFIG)
 

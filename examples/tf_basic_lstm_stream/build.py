@@ -67,6 +67,7 @@ def main() -> None:
     from converters.annotations import read_annotations
     from converters.stateful import check_streaming, make_stateful, state_pairs, streaming_error
     from examples.build_zoo import REPOSITORY, publish
+    from examples.sine_lstm_stream.usage import usage
 
     mse = (CHECKPOINT / "mse.txt").read_text().strip()
     plain = tf_converter.convert(CHECKPOINT / "model.meta", outputs=["prediction"], opset=17, progress=print)
@@ -95,7 +96,7 @@ def main() -> None:
         notes=f"\nStep form check (onnxruntime): 3 sequences of 24 steps fed one step per call, carrying the "
         f"state, against each prefix run whole from zero state: max difference {error:.3g}.\n\nState pairs (input → output, "
         f"batch-first `[batch, 1, hidden]`, zeros at sequence start): "
-        f"{pairs}.\n",
+        f"{pairs}.\n" + usage(NAME, "sequence", "prediction", FEATURES),
     )
     (REPOSITORY / NAME / "config.pbtxt").write_text(CONFIG)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -20,7 +21,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.support import EXAMPLES, ServerProcess, copy_repository
+from tests.support import EXAMPLES, ROOT, ServerProcess, copy_repository
 
 # model → (input name, features, output name, does the output have a time axis)
 MODELS = {
@@ -185,3 +186,16 @@ def test_a_fresh_state_would_differ(whole_answers: dict) -> None:
     for model, (x, _, prefixes) in whole_answers.items():
         fresh = onnx_prefixes(model, x[:, -1:])[0]
         assert np.max(np.abs(fresh - step_of(model, prefixes[-1]))) > 100 * ATOL, model
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_readme_streaming_snippet_runs(server: ServerProcess, model: str) -> None:
+    """Each example README's tritonclient snippet, as committed, streams 20 steps against the server."""
+    readme = (ROOT / "examples" / model / "README.md").read_text()
+    found = re.search(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert found, f"{model}: README has no streaming snippet"
+    scope: dict = {}
+    exec(found.group(1).replace("localhost:8001", server.grpc_addr), scope)  # noqa: S102 (our own README)
+    answers = scope["answers"]
+    assert len(answers) == 20 and not [a for a in answers if isinstance(a, Exception)], answers
+    assert all(np.isfinite(a).all() for a in answers)
