@@ -130,6 +130,11 @@ def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
         if described["layout"] != 0:
             raise StatefulError(f"{label} has layout {described['layout']} (batch-major); the step form needs "
                                 "layout 0 (sequence-major), which our converters always emit")
+        if len(node.input) > 4 and node.input[4] in dependent:
+            # A step past a sample's length makes ONNX emit zeros for Y_h/Y_c: the carried state would reset.
+            raise StatefulError(f"{label} takes per-sample sequence_lens {node.input[4]!r} computed from input "
+                                f"{dependent[node.input[4]]!r} (masking/padding); a step past a sample's length "
+                                "would reset its carried state, so it cannot be streamed")
         for slot, kind in ((5, "h"), (6, "c")):
             if len(node.input) > slot:
                 _check_initial_state(model, node.input[slot], label=label, kind=kind, dependent=dependent)

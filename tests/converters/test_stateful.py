@@ -109,7 +109,7 @@ def test_fixed_time_length_is_refused_naming_the_input() -> None:
 HIDDEN = 3
 
 
-def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str = "", extra_nodes: list | None = None,
+def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str = "", lengths: str = "", extra_nodes: list | None = None,
                 extra_inits: list | None = None, extra_inputs: list | None = None) -> onnx.ModelProto:
     """x [2, time, 3] (batch first, like every converted model) → LSTM(hidden 3) → y; initial_h as given."""
     from onnx import TensorProto, helper, numpy_helper
@@ -120,7 +120,7 @@ def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str =
     nodes = [*(extra_nodes or [])]
     if layout == 0:
         nodes.append(helper.make_node("Transpose", ["x"], ["x_time_major"], perm=[1, 0, 2]))
-    nodes.append(helper.make_node("LSTM", ["x_time_major" if layout == 0 else "x", "W", "R", "B", "", initial_h],
+    nodes.append(helper.make_node("LSTM", ["x_time_major" if layout == 0 else "x", "W", "R", "B", lengths, initial_h],
                                   ["y"], name="lstm_node", hidden_size=HIDDEN, layout=layout,
                                   direction=direction))
     graph = helper.make_graph(
@@ -196,6 +196,16 @@ def test_a_zero_state_sized_from_the_input_shape_is_replaced() -> None:
 def test_a_reverse_node_is_refused() -> None:
     with pytest.raises(StatefulError, match="LSTM node 'lstm_node' runs reverse: .*cannot be streamed"):
         make_stateful(_lstm_graph(direction="reverse"))
+
+
+def test_per_sample_lengths_from_the_input_are_refused() -> None:
+    from onnx import TensorProto, helper
+
+    model = _lstm_graph(lengths="lengths", extra_inputs=[helper.make_tensor_value_info("lengths", TensorProto.INT32,
+                                                                                      [2])])
+    with pytest.raises(StatefulError, match="'lstm_node' takes per-sample sequence_lens 'lengths' computed from "
+                                            "input 'lengths'.*would reset its carried state"):
+        make_stateful(model)
 
 
 def test_layout_1_is_refused() -> None:
