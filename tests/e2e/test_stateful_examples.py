@@ -10,6 +10,7 @@ built by examples/<name>/build.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import re
@@ -199,3 +200,31 @@ def test_readme_streaming_snippet_runs(server: ServerProcess, model: str) -> Non
     answers = scope["answers"]
     assert len(answers) == 20 and not [a for a in answers if isinstance(a, Exception)], answers
     assert all(np.isfinite(a).all() for a in answers)
+
+
+def test_concurrent_sequences_of_the_stacked_gru_batch_without_mixing_state(server: ServerProcess) -> None:
+    """12 clients stream their own signals at once: each layer's state stays with its sequence while the
+    server batches steps of different sequences into shared onnxruntime calls."""
+    model, steps = "gru_stack_stream", 8
+    rng = np.random.default_rng(40)
+    xs = {f"conc-{k}": rng.standard_normal((1, steps, 1)).astype(np.float32) for k in range(12)}
+
+    async def run_sequence(client: httpx.AsyncClient, sid: str) -> np.ndarray:
+        answers = []
+        for t in range(steps):
+            body = rest_body(model, xs[sid][:, t:t + 1], sid, start=t == 0, end=t == steps - 1)
+            answers.append(rest_answer(await client.post(f"/v2/models/{model}/infer", json=body), model))
+        return np.concatenate(answers, axis=1)
+
+    async def main() -> list[np.ndarray]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(run_sequence(client, sid) for sid in xs))
+
+    stats = f"{server.url}/v2/models/{model}/stats"
+    before = httpx.get(stats).json()["model_stats"][0]
+    results = asyncio.run(main())
+    after = httpx.get(stats).json()["model_stats"][0]
+    for sid, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, onnx_prefixes(model, xs[sid])[-1], atol=ATOL, err_msg=sid)
+    assert after["inference_count"] - before["inference_count"] == 12 * steps
+    assert after["execution_count"] - before["execution_count"] < 12 * steps, "steps of sequences should batch"
