@@ -5,8 +5,16 @@ state to a new graph output, both batch-major ``[batch, directions, hidden]`` (t
 convention, server/core/sequences.py), and the pairs are listed in the model's ``metadata_props``
 under ``modelbridge.state``; each node's annotation records its pair under ``state``.  Fed zeros,
 the step form computes exactly what the original model does; fed the state it returned, the next
-chunk continues the sequence.  Reverse and bidirectional nodes read the sequence backwards, so
-they cannot be streamed and are refused.
+chunk continues the sequence.
+
+Refused, each with a StatefulError naming the node (and its source layer when annotated): reverse
+and bidirectional nodes (a reverse direction needs the future), layout 1, per-sample sequence_lens
+computed from the input (a zero-length step resets the state), and an initial state that is a graph
+input, is computed from input values, or is a non-zero constant -- the server starts every sequence
+from zeros.  A zero initial state (an initializer, or zeros sized from the input's shape as
+exporters emit) is replaced, and its now-dead builder pruned.  The tensors are named
+``state_<k>_h``/``state_<k>_h_out`` (and ``_c`` for an LSTM), k counting recurrent nodes in graph
+order (docs/annotations.md).
 """
 
 from __future__ import annotations
@@ -139,6 +147,7 @@ def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
             if len(node.input) > slot:
                 _check_initial_state(model, node.input[slot], label=label, kind=kind, dependent=dependent)
         kinds = ["h", "c"] if node.op_type == "LSTM" else ["h"]
+        weight_dtype = resolve(result, node.input[1]).dtype  # the state has X's (= W's) element type
         while len(node.input) < 5 + len(kinds):
             node.input.append("")
         while len(node.output) < 1 + len(kinds):
@@ -150,7 +159,7 @@ def make_stateful(model: onnx.ModelProto) -> onnx.ModelProto:
             fed, returned = f"{node.name}.initial_{kind}", node.output[slot - 4] or f"{node.name}.Y_{kind}"
             node.output[slot - 4] = returned
             node.input[slot] = fed
-            dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype("float32"))
+            dtype = onnx.helper.np_dtype_to_tensor_dtype(weight_dtype)
             shape = ["batch", 1, described["hidden_size"]]
             graph.input.append(onnx.helper.make_tensor_value_info(state_in, dtype, shape))
             graph.output.append(onnx.helper.make_tensor_value_info(state_out, dtype, shape))
@@ -210,11 +219,7 @@ def check_streaming(
             shape[time_axis] = steps
         feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     batch = next(iter(feeds.values())).shape[0]
-    zeros = {}
-    for pair in pairs:
-        value = next(v for v in stateful.graph.input if v.name == pair["input"])
-        hidden = value.type.tensor_type.shape.dim[2].dim_value
-        zeros[pair["input"]] = np.zeros((batch, 1, hidden), np.float32)
+    zeros = zero_state(stateful, batch)
     worst = 0.0
     whole = run_onnx(stateful, {**feeds, **zeros})
     plain = run_onnx(original, feeds)
@@ -236,10 +241,11 @@ def check_streaming(
 
 def zero_state(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
     """The state feeds a sequence starts from: zeros of ``[batch, 1, hidden]`` for every pair."""
-    inputs = {value.name: value for value in model.graph.input}
+    inputs = {value.name: value.type.tensor_type for value in model.graph.input}
     return {
         pair["input"]: np.zeros(
-            (batch, *[dim.dim_value for dim in inputs[pair["input"]].type.tensor_type.shape.dim[1:]]), np.float32
+            (batch, *[dim.dim_value for dim in inputs[pair["input"]].shape.dim[1:]]),
+            onnx.helper.tensor_dtype_to_np_dtype(inputs[pair["input"]].elem_type),
         )
         for pair in state_pairs(model)
     }

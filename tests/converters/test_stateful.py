@@ -109,14 +109,16 @@ def test_fixed_time_length_is_refused_naming_the_input() -> None:
 HIDDEN = 3
 
 
-def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str = "", lengths: str = "", extra_nodes: list | None = None,
+def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str = "", lengths: str = "",
+                dtype: type = np.float32, extra_nodes: list | None = None,
                 extra_inits: list | None = None, extra_inputs: list | None = None) -> onnx.ModelProto:
     """x [2, time, 3] (batch first, like every converted model) → LSTM(hidden 3) → y; initial_h as given."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(4)
-    inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32) * 0.5, name)
+    inits = [numpy_helper.from_array((rng.normal(size=shape) * 0.5).astype(dtype), name)
              for name, shape in (("W", (1, 4 * HIDDEN, 3)), ("R", (1, 4 * HIDDEN, HIDDEN)), ("B", (1, 8 * HIDDEN)))]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes = [*(extra_nodes or [])]
     if layout == 0:
         nodes.append(helper.make_node("Transpose", ["x"], ["x_time_major"], perm=[1, 0, 2]))
@@ -125,8 +127,8 @@ def _lstm_graph(*, layout: int = 0, direction: str = "forward", initial_h: str =
                                   direction=direction))
     graph = helper.make_graph(
         nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "time", 3]), *(extra_inputs or [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["time", 1, 2, HIDDEN] if layout == 0
+        [helper.make_tensor_value_info("x", elem, [2, "time", 3]), *(extra_inputs or [])],
+        [helper.make_tensor_value_info("y", elem, ["time", 1, 2, HIDDEN] if layout == 0
                                        else [2, "time", 1, HIDDEN])],
         [*inits, *(extra_inits or [])],
     )
@@ -191,6 +193,15 @@ def test_a_zero_state_sized_from_the_input_shape_is_replaced() -> None:
     stateful = make_stateful(model)
     assert {node.op_type for node in stateful.graph.node} == {"LSTM", "Transpose"}, "the dead zero builder is gone"
     assert check_streaming(model, stateful) <= 1e-5
+
+
+def test_the_state_has_the_element_type_of_the_weights() -> None:
+    """(onnxruntime's CPU LSTM has no double kernel, so this checks the declared types only.)"""
+    from converters.stateful import zero_state
+
+    stateful = make_stateful(_lstm_graph(dtype=np.float64))
+    assert {name: value.dtype for name, value in zero_state(stateful, 2).items()} == {
+        "state_0_h": np.float64, "state_0_c": np.float64}
 
 
 def test_a_reverse_node_is_refused() -> None:
