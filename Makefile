@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test venv js browser zoo lint clean bench
+.PHONY: serve test venv js browser zoo lint clean bench fuzz soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ venv: $(STAMP)
 
 # js: the /ui bundle and onnxruntime-web's wasm are built into server/ui/vendor/ by npm install.
 serve: $(STAMP) js
-	$(VENV)/bin/modelbridge serve
+	$(VENV)/bin/modelbridge serve --allow-unauthenticated-admin   # binds 127.0.0.1 only
 
 # System packages the tests drive: Debian's Chromium (no browser downloads), libb64 for perf_analyzer,
 # docker-compose to validate the compose file, nginx for the compose load balancer's config.
@@ -35,6 +35,15 @@ test: $(STAMP) browser js
 # Speed lives here, not in tests: MLServer vs modelbridge on the same pinned core (see BENCHMARKS.md).
 bench: $(STAMP)
 	bash bench/run.sh
+
+# Longer runs of what the suite runs briefly (tests/security): hypothesis, raw gRPC bytes, schemathesis.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=3000 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/security/test_fuzz_decoding.py
+	FUZZ_EXAMPLES=150 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/security/test_grpc_wire.py tests/security/test_schemathesis.py
+
+# 60 s at concurrency 64, REST and gRPC mixed, with uploads and unloads: errors, RSS growth.
+soak: $(STAMP)
+	$(PY) scripts/soak.py --duration 60 --concurrency 64
 
 zoo: $(STAMP)
 	$(PY) examples/build_zoo.py

@@ -24,7 +24,8 @@ from server.core.repository import ModelRepository
 from server.core.sequences import SequenceStore
 from server.core.service import InferenceService, example_repository
 from server.rest.app import create_app
-from server.rest.fastpath import InferFastPath
+from server.rest.fastpath import infer_handler, secure_infer
+from server.rest.http11 import HttpServer
 from server.rest.security import guarded_http_protocol, parse_origins, secure_app
 from server.settings import Settings
 
@@ -51,7 +52,6 @@ def build_keyring(settings: Settings) -> KeyRing:
     )
 
 
-
 def metrics_app(service: InferenceService) -> Starlette:
     async def endpoint(_: Request) -> PlainTextResponse:
         return PlainTextResponse(metrics.render(service), media_type="text/plain; version=0.0.4")
@@ -76,7 +76,7 @@ def _uvicorn(app: Any, host: str, port: int, settings: Settings) -> _Server:
     return _Server(config)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     keys = build_keyring(settings)   # a bad key setting stops the server before it binds anything
     service = build_service(settings)
     poller = None
@@ -85,11 +85,19 @@ async def serve(settings: Settings) -> None:
         poller.baseline()
     await asyncio.to_thread(service.start)
     log.info("models: %s", [e["name"] + "/" + e["version"] for e in service.repository_index(ready_only=True)])
-    rest = InferFastPath(create_app(service, max_body_bytes=settings.max_body_bytes), service,
-                         max_body_bytes=settings.max_body_bytes)
-    rest = secure_app(rest, keys, cors_origins=parse_origins(settings.cors_origins),
-                      body_timeout_secs=settings.body_timeout_secs)
-    servers = [_uvicorn(rest, settings.host, settings.http_port, settings)]
+    origins = parse_origins(settings.cors_origins)
+    api = secure_app(create_app(service, max_body_bytes=settings.max_body_bytes), keys, cors_origins=origins,
+                     body_timeout_secs=0)   # HttpServer enforces the body deadline itself
+    rest_server = HttpServer(api, infer=secure_infer(infer_handler(service), keys, cors_origins=origins),
+                             max_body_bytes=settings.max_body_bytes, header_timeout=settings.header_timeout_secs,
+                             body_timeout=settings.body_timeout_secs, max_concurrency=settings.max_concurrent_requests)
+    rest_sock = None
+    if reuse_port:  # --workers: every worker binds the same REST port
+        from server.workers import reuseport_socket
+
+        rest_sock = reuseport_socket(settings.host, settings.http_port)
+    await rest_server.start(settings.host, settings.http_port, sock=rest_sock)
+    servers: list[_Server] = []   # uvicorn for metrics only
     if settings.metrics_port:
         servers.append(_uvicorn(metrics_app(service), settings.host, settings.metrics_port, settings))
     grpc_server = None
@@ -101,7 +109,7 @@ async def serve(settings: Settings) -> None:
         else:
             grpc_server = await start_grpc_server(
                 service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit,
-                keys=keys, max_concurrent_rpcs=settings.max_concurrent_requests,
+                reuse_port=reuse_port, keys=keys, max_concurrent_rpcs=settings.max_concurrent_requests,
             )
     stop = asyncio.Event()
     poll_task = asyncio.create_task(poller.run(stop)) if poller else None  # ends when `stop` is set
@@ -121,8 +129,10 @@ async def serve(settings: Settings) -> None:
     service.stop()
     for s in servers:
         s.should_exit = True
+    stops = [rest_server.shutdown(settings.shutdown_grace_secs)]
     if grpc_server is not None:
-        await grpc_server.stop(settings.shutdown_grace_secs)
+        stops.append(grpc_server.stop(settings.shutdown_grace_secs))
+    await asyncio.gather(*stops)
     await asyncio.gather(*tasks, return_exceptions=True)
     waiter.cancel()
     if poll_task is not None:
@@ -133,10 +143,21 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
+    if settings.workers > 1:
+        from server.workers import run_workers
+
+        code = run_workers(settings)
+        if code:
+            raise SystemExit(code)
+        return
+    run_one(settings)
+
+
+def run_one(settings: Settings, *, reuse_port: bool = False) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, reuse_port=reuse_port))

@@ -116,6 +116,8 @@ class InferenceService:
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, req: InferRequest) -> InferResponse:
+        if not logs.request_log.isEnabledFor(logging.INFO):  # request logging off: pay nothing for it
+            return await self._infer(req)
         start, rid = time.perf_counter_ns(), logs.request_id(req.id)
         logs.log_start(rid=rid, model=req.model_name, version=req.model_version)
         try:
@@ -158,7 +160,7 @@ class InferenceService:
             result = await mv.batcher.submit(feeds, names, batch)  # records its own executions
             return result.arrays, result.queue_ns
         t1 = time.perf_counter_ns()
-        arrays = mv.runtime.run(feeds, names)
+        arrays = await mv.runtime.run_async(feeds, names)
         t2 = time.perf_counter_ns()
         mv.stats.record_execution(batch=batch, input_ns=t1 - start, infer_ns=t2 - t1, output_ns=0)
         return arrays, 0
@@ -307,7 +309,8 @@ class InferenceService:
         if not path.is_file():
             raise Unavailable(f"model '{name}' version {version} has no {filename}")
         try:
-            runtime = ModelRuntime(path, _params(given))
+            instances = sum(int(g.get("count", 1)) for g in (given or {}).get("instance_group", [])) or 1
+            runtime = ModelRuntime(path, _params(given), instances=instances)
             pairs = state_pairs(runtime.custom_metadata, runtime.inputs, runtime.outputs)
             hidden = {p.input for p in pairs} | {p.output for p in pairs}
             # State tensors are the server's business: clients never see or send them.
@@ -315,6 +318,10 @@ class InferenceService:
                                         [io for io in runtime.outputs if io.name not in hidden])
             if pairs:
                 cfg["sequence_batching"] = sequence_config(pairs, int(self.sequences.idle_timeout * 1e6))
+                if "dynamic_batching" in cfg:
+                    # Triton's config holds one scheduler: a batched sequence model is sequence_batching
+                    # with the Oldest strategy, which carries the batcher's delay and preferred sizes.
+                    cfg["sequence_batching"]["oldest"] = cfg.pop("dynamic_batching")
         except ModelBridgeError as exc:
             raise Unavailable(f"model '{name}' version {version} failed to load: {exc.message}") from None
         return ModelVersion(name, version, path, cfg, runtime, states=pairs)

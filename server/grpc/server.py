@@ -46,7 +46,7 @@ def _register_health_descriptor() -> None:
 
 
 async def start_grpc_server(
-    service: InferenceService, *, host: str, port: int, max_message_bytes: int,
+    service: InferenceService, *, host: str, port: int, max_message_bytes: int, reuse_port: bool = False,
     keys: KeyRing | None = None, max_concurrent_rpcs: int = 0,
 ) -> grpc.aio.Server:
     """Bind host:port and start serving; the caller stops it with `await server.stop(grace)`."""
@@ -54,7 +54,8 @@ async def start_grpc_server(
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off, so a port already taken is an error; on for --workers, where every worker binds it.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         # No keys given (in-process tests): the default KeyRing, i.e. inference open, administration refused.
         interceptors=[AuthInterceptor(keys if keys is not None else KeyRing())],

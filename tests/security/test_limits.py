@@ -122,7 +122,9 @@ def test_stalled_headers_and_idle_connections_are_closed(limited: ServerProcess)
     with _raw(limited.http_port) as idle, _raw(limited.http_port) as partial:
         partial.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: t\r\n")
         start = time.monotonic()
-        assert _read_all(partial) == b""
+        # A request that had started is told why (408), then closed; an idle connection just closes.
+        reply = _read_all(partial)
+        assert reply == b"" or reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert _read_all(idle) == b""
         assert time.monotonic() - start < 5
     # a well-behaved keep-alive client is unaffected
