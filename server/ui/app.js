@@ -1,6 +1,7 @@
 // The /ui demo page: models of the repository, their metadata, one inference on the server and one
 // in this page (onnxruntime-web) side by side, the sine example, per-gate weight heatmaps.
 import { InferenceClient, createLocalRunner, openModel } from './vendor/modelbridge.js';
+import { LIVE_MODEL, LiveSine } from './live.js';
 import { drawLines, heatmap, maxAbs } from './plots.js';
 import { sampleInputs, sineSeries, windowShape } from './samples.js';
 
@@ -10,6 +11,7 @@ const client = new InferenceClient();
 const runner = createLocalRunner(client, { device: params.get('device') ?? 'wasm' });
 const state = { models: [], comparison: null, sine: null };
 window.modelbridgeUI = state; // read by the browser tests
+const live = new LiveSine(client, runner);
 
 function setStatus(text, kind) {
   $('status').textContent = text;
@@ -171,6 +173,8 @@ async function select(name) {
   $('model-name').textContent = name;
   $('sine').hidden = true;
   $('stream').hidden = true;
+  $('live').hidden = true;
+  await live.stop(); // its last step ends the sequence on the server
   try {
     const [metadata, config] = await Promise.all([client.modelMetadata(name), client.modelConfig(name)]);
     const io = (list) => list.map((t) => [t.name, t.datatype, `[${t.shape}]`]);
@@ -183,7 +187,10 @@ async function select(name) {
     const recurrent = await gates(name);
     const t2 = performance.now();
     if (name === 'sine_lstm' && recurrent) await sine(name, metadata);
-    if (config.sequence_batching?.state?.length) await stream(name, metadata);
+    if (name === LIVE_MODEL) {
+      live.show();
+      live.start(); // runs until stopped; the page is done once the first steps are on screen
+    } else if (config.sequence_batching?.state?.length) await stream(name, metadata);
     state.ms = { compare: t1 - t0, gates: t2 - t1, sine: performance.now() - t2 };
     setStatus(`${name}: done`, 'done');
   } catch (err) {
