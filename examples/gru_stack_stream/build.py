@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from converters import ConversionResult, InputSpec, convert
-from converters.annotations import read_annotations
-from converters.stateful import check_streaming, make_stateful, state_pairs, streaming_error
+from converters import InputSpec, convert
+from converters.stateful import check_streaming, make_stateful
 from examples.build_zoo import REPOSITORY, publish
-from examples.sine_lstm_stream.usage import usage
+from examples.sine_lstm_stream.usage import checked_step_form, usage
 
 NAME = "gru_stack_stream"
 HIDDEN, LAYERS, LENGTH, NOISE = 16, 2, 32, 0.3
@@ -69,12 +68,7 @@ def main() -> None:
     stateful = make_stateful(plain.model)
     check_streaming(plain.model, stateful)
     stream = signals(np.random.default_rng(2), 3, 48)[0]
-    error = streaming_error(stateful, "noisy", stream)
-    print(f"{NAME}: step by step vs whole sequence, max difference {error:.3g}")
-    if error > 1e-5:
-        raise SystemExit(f"{NAME}: the step form drifts from the whole sequence by {error:.3g}")
-    pairs = ", ".join(f"`{pair['input']}` → `{pair['output']}`" for pair in state_pairs(stateful))
-    result = ConversionResult(model=stateful, parity=plain.parity, annotations=read_annotations(stateful))
+    result, error, pairs = checked_step_form(NAME, stateful, plain, "noisy", stream)
     publish(
         NAME, result,
         title="PyTorch stacked GRU denoising a signal as it streams in",

@@ -19,12 +19,11 @@ sys.path.insert(0, str(ROOT))
 import keras
 import numpy as np
 
-from converters import ConversionResult, convert
-from converters.annotations import read_annotations
-from converters.stateful import check_streaming, make_stateful, state_pairs, streaming_error
+from converters import convert
+from converters.stateful import check_streaming, make_stateful
 from examples.build_zoo import REPOSITORY, publish
 from examples.sine_lstm.build import STEP, WINDOW, windows
-from examples.sine_lstm_stream.usage import usage
+from examples.sine_lstm_stream.usage import checked_step_form, usage
 
 NAME = "sine_lstm_stream"
 CONFIG = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"
@@ -50,12 +49,7 @@ def main() -> None:
     rng = np.random.default_rng(2)
     t = rng.uniform(0, 2 * np.pi, (3, 1)) + STEP * np.arange(40)[None, :]
     stream = (rng.uniform(0.5, 1.0, (3, 1)) * np.sin(t)).astype(np.float32)[:, :, None]
-    error = streaming_error(stateful, "sample", stream)
-    print(f"{NAME}: step by step vs whole sequence, max difference {error:.3g}")
-    if error > 1e-5:
-        raise SystemExit(f"{NAME}: the step form drifts from the whole sequence by {error:.3g}")
-    pairs = ", ".join(f"`{pair['input']}` → `{pair['output']}`" for pair in state_pairs(stateful))
-    result = ConversionResult(model=stateful, parity=plain.parity, annotations=read_annotations(stateful))
+    result, error, pairs = checked_step_form(NAME, stateful, plain, "sample", stream)
     publish(
         NAME, result,
         title="the sine_lstm Keras LSTM streamed one sample per request",

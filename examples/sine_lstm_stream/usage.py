@@ -1,6 +1,26 @@
-"""The "Streaming it" README section the three *_stream examples share (no framework imported here)."""
+"""What the three *_stream examples share: the step-form check and the "Streaming it" README section
+(no framework imported here)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+
+def checked_step_form(name: str, stateful: Any, plain: Any, input_name: str, stream: Any) -> tuple[Any, float, str]:
+    """Prove the step form (fed one step at a time == each prefix whole) and package it for publishing.
+
+    Returns the ConversionResult to publish, the max streaming difference and the README's state-pair list."""
+    from converters.annotations import read_annotations
+    from converters.result import ConversionResult
+    from converters.stateful import state_pairs, streaming_error
+
+    error = streaming_error(stateful, input_name, stream)
+    print(f"{name}: step by step vs whole sequence, max difference {error:.3g}")
+    if error > 1e-5:
+        raise SystemExit(f"{name}: the step form drifts from the whole sequence by {error:.3g}")
+    pairs = ", ".join(f"`{pair['input']}` → `{pair['output']}`" for pair in state_pairs(stateful))
+    result = ConversionResult(model=stateful, parity=plain.parity, annotations=read_annotations(stateful))
+    return result, error, pairs
 
 
 def usage(model: str, name: str, output: str, features: int) -> str:

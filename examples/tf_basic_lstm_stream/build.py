@@ -62,12 +62,10 @@ def main() -> None:
     subprocess.run([sys.executable, __file__, "--rebuild"], env=env, check=True)
     import numpy as np
 
-    from converters import ConversionResult
     from converters import tensorflow as tf_converter
-    from converters.annotations import read_annotations
-    from converters.stateful import check_streaming, make_stateful, state_pairs, streaming_error
+    from converters.stateful import check_streaming, make_stateful
     from examples.build_zoo import REPOSITORY, publish
-    from examples.sine_lstm_stream.usage import usage
+    from examples.sine_lstm_stream.usage import checked_step_form, usage
 
     mse = (CHECKPOINT / "mse.txt").read_text().strip()
     plain = tf_converter.convert(CHECKPOINT / "model.meta", outputs=["prediction"], opset=17, progress=print)
@@ -75,12 +73,7 @@ def main() -> None:
     check_streaming(plain.model, stateful)
     stream = batch(np.random.default_rng(2), 3)[0]
     stream = np.concatenate([stream, batch(np.random.default_rng(3), 3)[0]], axis=1)  # 24 steps, twice training's
-    error = streaming_error(stateful, "sequence", stream)
-    print(f"{NAME}: step by step vs whole sequence, max difference {error:.3g}")
-    if error > 1e-5:
-        raise SystemExit(f"{NAME}: the step form drifts from the whole sequence by {error:.3g}")
-    pairs = ", ".join(f"`{pair['input']}` → `{pair['output']}`" for pair in state_pairs(stateful))
-    result = ConversionResult(model=stateful, parity=plain.parity, annotations=read_annotations(stateful))
+    result, error, pairs = checked_step_form(NAME, stateful, plain, "sequence", stream)
     publish(
         NAME, result,
         title="the TF1 BasicLSTMCell model streamed one step per request",

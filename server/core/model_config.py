@@ -96,6 +96,10 @@ def complete(
     batchable = bool(inputs) and all(io.shape and io.shape[0] == -1 for io in inputs + outputs)
     if "max_batch_size" not in cfg:
         cfg["max_batch_size"] = DEFAULT_MAX_BATCH_SIZE if batchable else 0
+        # Triton's auto-complete: a model it finds can batch, with no scheduler configured, gets the
+        # dynamic batcher with default settings (no delay: it batches what arrives together).
+        if batchable and not {"dynamic_batching", "sequence_batching"} & cfg.keys():
+            cfg["dynamic_batching"] = {}
     mbs = cfg["max_batch_size"]
     if isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 0:
         raise InvalidArgument(f"max_batch_size must be a non-negative integer, got {mbs!r}")

@@ -56,9 +56,12 @@ def test_json_config_same_as_pbtxt() -> None:
 def test_autocomplete_batching_from_dynamic_first_dim() -> None:
     cfg = complete("lstm", None, GRAPH_IN, GRAPH_OUT)
     assert cfg["max_batch_size"] == 4
+    assert cfg["dynamic_batching"] == {"preferred_batch_size": [], "max_queue_delay_microseconds": 0}
+    assert "dynamic_batching" not in complete("lstm", {"max_batch_size": 2}, GRAPH_IN, GRAPH_OUT)
     assert cfg["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 2]}]
     fixed = complete("m", None, [GraphIO("x", "FP32", [3, 2])], [GraphIO("y", "FP32", [3, 4])])
     assert fixed["max_batch_size"] == 0 and fixed["input"][0]["dims"] == [3, 2]
+    assert "dynamic_batching" not in fixed
 
 
 def test_config_checked_against_graph() -> None:
