@@ -7,11 +7,23 @@ usage: .venv/bin/python bench/extra.py [--requests 200000]
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from common import h2load, layout, rss_kib, start_server, stop, wrk
 
+CEILING = """
+import sys, time, numpy as np, onnxruntime as ort
+o = ort.SessionOptions(); o.intra_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
+x = np.random.rand(1, 50, 1).astype(np.float32)
+for _ in range(300): s.run(None, {"x": x})
+n = 3000; t = time.perf_counter()
+for _ in range(n): s.run(None, {"x": x})
+print(round(n / (time.perf_counter() - t)))
+"""
 BATCHING = "max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 500 }\n"
 
 
@@ -26,6 +38,11 @@ def main() -> None:
         proc, ready = start_server(repo, 18290, 18291)
         print(f"time to ready (example-sized repository of 2 models): {ready:.2f} s")
         try:
+            # The VM's speed drifts between runs: measure the one-call-at-a-time ceiling right here.
+            ceiling = subprocess.run(
+                ["taskset", "-c", "0", sys.executable, "-c", CEILING, str(work / "lstm.onnx")],
+                capture_output=True, text=True, check=True).stdout.strip()
+            print(f"in-process ceiling, lstm, measured now: {ceiling} calls/s")
             for c in (8, 32):
                 r = wrk("http://127.0.0.1:18290/v2/models/lstm/infer", work / "lstm.json", conns=c, secs=args.secs)
                 print(f"lstm + dynamic batching, REST c={c}: {r['rps']:.0f} sequences/s (non200={r['non200']})")
