@@ -18,6 +18,7 @@ from server.core.errors import InvalidArgument, ModelBridgeError, PayloadTooLarg
 from server.core.service import InferenceService
 from server.rest import codec
 from server.rest.errors import error_response, from_error
+from server.rest.fastpath import infer_handler
 
 log = logging.getLogger("modelbridge.rest")
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -159,18 +160,14 @@ def _model_routes(app: FastAPI, prefix: str, service: InferenceService, max_body
         doc = await run_in_threadpool(service.gates, model, version_of(request))
         return _json(doc)
 
+    handle = infer_handler(service)
+
     async def infer(model: str, request: Request) -> Response:
+        # The same bytes-in/bytes-out handler the HTTP/1.1 server calls; this route serves ASGI hosting.
         body = await read_body(request, max_body_bytes)
-        version = version_of(request)
-        # Resolve first: an unknown model is a 404 whatever the body says.
-        mv = service.model_version(model, version)
-        req, pref, binary_all = codec.decode_request(body, request.headers.get(codec.HEADER), model, version, mv)
-        resp = await service.infer(req)
-        payload, json_len = codec.encode_response(resp, pref, binary_all)
-        if json_len is None:
-            return Response(payload, media_type=JSON)
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_len)})
+        status, headers, payload = await handle(model, version_of(request), body,
+                                                request.headers.get(codec.HEADER), request.headers.raw)
+        return Response(payload, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
     app.add_api_route(prefix, metadata, methods=["GET"])
     app.add_api_route(prefix + "/ready", ready, methods=["GET"])

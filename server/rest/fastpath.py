@@ -1,32 +1,27 @@
-"""The inference hot path as a bare ASGI handler in front of the FastAPI app.
+"""The inference route as bytes in, bytes out.
 
 POST .../infer is the one route that carries load; routing it through FastAPI's request objects,
-dependency resolution and response classes costs more than running a small model. This handler
+dependency resolution and response classes costs more than running a small model. `infer_handler`
 does the same translation as every other route (bytes -> codec -> service -> codec -> bytes) with
-nothing in between; everything else falls through to FastAPI. Its core, `infer_handler`, is a plain
-bytes-in/bytes-out function that server.rest.http11 calls without any ASGI at all.
+nothing in between: server.rest.http11 calls it without any ASGI at all, and the FastAPI route (kept
+for /openapi.json and ASGI hosting) wraps the same function.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 
 from server.core.auth import KeyRing
 from server.core.auth import Scope as AuthScope
-from server.core.errors import ErrorKind, ModelBridgeError, PayloadTooLarge
+from server.core.errors import ErrorKind, ModelBridgeError
 from server.core.service import InferenceService
 from server.rest import codec
 from server.rest.errors import HTTP_STATUS
 
 log = logging.getLogger("modelbridge.rest")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -51,7 +46,7 @@ InferHandler = Callable[[str, str, bytes, "str | None", Headers], Awaitable[Infe
 
 
 def infer_handler(service: InferenceService) -> InferHandler:
-    """The inference route as bytes in, bytes out: shared by InferFastPath (ASGI) and http11's server."""
+    """The inference route as bytes in, bytes out: shared by http11's server and the FastAPI route."""
 
     async def handle(model: str, version: str, body: bytes, header_length: str | None,
                      headers: Headers) -> InferResult:
@@ -127,58 +122,3 @@ def secure_infer(handler: InferHandler, keys: KeyRing, *, cors_origins: list[str
         return (status, cors(headers, answer), payload) if cors_origins else (status, answer, payload)
 
     return handle
-
-
-class InferFastPath:
-    def __init__(self, app: Callable[..., Awaitable[None]], service: InferenceService, *, max_body_bytes: int) -> None:
-        self.app = app
-        self.handle = infer_handler(service)
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            target = parse_infer_path(scope["path"])
-            if target is not None:
-                await self.infer(scope, receive, send, *target)
-                return
-        await self.app(scope, receive, send)
-
-    async def infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
-        header_len: str | None = None
-        declared = -1
-        for key, value in scope["headers"]:
-            if key == b"inference-header-content-length":
-                header_len = value.decode("latin-1")
-            elif key == b"content-length" and value.isdigit():
-                declared = int(value)
-        try:
-            if declared > self.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes"
-                )
-            body = await self._read_body(receive)
-        except ModelBridgeError as exc:
-            status, headers, payload = error_result(HTTP_STATUS[exc.kind], exc.message, exc.retry_after)
-        else:
-            status, headers, payload = await self.handle(model, version, body, header_len, scope["headers"])
-        await send({"type": "http.response.start", "status": status,
-                    "headers": headers + [(b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
-
-    async def _read_body(self, receive: Receive) -> bytes:
-        message = await receive()
-        body = message.get("body", b"")
-        if not message.get("more_body"):
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes")
-            return body
-        chunks = [body]
-        total = len(body)
-        while message.get("more_body"):
-            message = await receive()
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)

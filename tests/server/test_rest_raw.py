@@ -286,3 +286,28 @@ def test_gates_endpoint_splits_the_fused_lstm(http: httpx.Client) -> None:
                                       weights["B"][0, 4 * hidden + k * hidden:4 * hidden + (k + 1) * hidden])
     assert http.get("/v2/models/add_sub/gates").json()["nodes"] == []
     assert http.get("/v2/models/nope/gates").status_code == 404
+
+
+def test_asgi_infer_route_answers_like_the_http_server(http: httpx.Client) -> None:
+    """create_app's own /infer route (ASGI hosting, /openapi.json) wraps the same handler as the port."""
+    import asyncio
+
+    from server.core.repository import ModelRepository
+    from server.core.service import InferenceService
+    from server.rest.app import create_app
+
+    service = InferenceService(ModelRepository(EXAMPLES))
+    service.start(load=["add_sub"])
+    body = orjson.dumps(add_sub_body(list(range(16)), [1] * 16, [1, 16]))
+    bad = b'{"inputs":[{"name":"INPUT0","shape":[1,3],"datatype":"INT32","data":[1,2,3]}]}'
+
+    async def call(content: bytes) -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://asgi") as client:
+            return await client.post("/v2/models/add_sub/infer", content=content)
+
+    for content in (body, bad):
+        via_asgi = asyncio.run(call(content))
+        via_port = http.post("/v2/models/add_sub/infer", content=content)
+        assert via_asgi.status_code == via_port.status_code
+        assert via_asgi.json() == via_port.json()
