@@ -104,14 +104,14 @@ def create_app(service: InferenceService, *, max_body_bytes: int = 64 * 1024 * 1
         body = await read_body(request, max_body_bytes)
         ready_only = False
         if body.strip():
-            doc = _load_json(body)
+            doc = codec.json_object(body, "request body")
             ready_only = bool(doc.get("ready", False))
         return _json(service.repository_index(ready_only=ready_only))
 
     @app.post("/v2/repository/models/{model}/load")
     async def load(model: str, request: Request) -> Response:
         body = await read_body(request, max_body_bytes)
-        config_text, files = _load_parameters(_load_json(body) if body.strip() else {})
+        config_text, files = _load_parameters(codec.json_object(body, "request body") if body.strip() else {})
         await run_in_threadpool(service.load, model, config_text=config_text, files=files)
         return _empty()
 
@@ -182,16 +182,6 @@ def _etags(header: str | None) -> set[str]:
     if not header:
         return set()
     return {t.strip().removeprefix("W/") for t in header.split(",")}
-
-
-def _load_json(body: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("request body must be a JSON object")
-    return doc
 
 
 def _load_parameters(doc: dict[str, Any]) -> tuple[str | None, dict[str, bytes]]:

@@ -29,6 +29,17 @@ def _parse_header_length(value: str | None, body_len: int) -> int | None:
     return n
 
 
+def json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
+    """Parse a JSON body that must be an object; anything else is the client's error, said so."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON in {what}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return doc
+
+
 def decode_request(
     body: bytes, header_length: str | None, model_name: str, model_version: str, raw_model: ModelVersion | None = None
 ) -> tuple[InferRequest, dict[str, bool], bool]:
@@ -43,12 +54,7 @@ def decode_request(
         return _raw_single_input(body, model_name, model_version, raw_model), {}, True
     header = body if n is None else body[:n]
     binary = memoryview(body)[n:] if n is not None else memoryview(b"")
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"malformed JSON in inference request: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("inference request must be a JSON object")
+    doc = json_object(header, "inference request")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidArgument("inference request needs a non-empty 'inputs' list")
