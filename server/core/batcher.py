@@ -111,7 +111,9 @@ class DynamicBatcher:
     def _take(self) -> list[_Item]:
         """The oldest request and every queued request like it, up to max_batch_size, in order."""
         first = self._queue[0]
-        taken, kept, total = [], deque(), 0
+        taken: list[_Item] = []
+        kept: deque[_Item] = deque()
+        total = 0
         while self._queue:
             item = self._queue.popleft()
             if item.signature == first.signature and total + item.batch <= self.max_batch_size:

@@ -12,10 +12,10 @@ import numpy as np
 
 from server.core import datatypes
 from server.core.batcher import DynamicBatcher
-from server.core.sequences import StatePair
 from server.core.errors import FailedPrecondition, InvalidArgument
 from server.core.model_config import TensorSpec, tensor_specs
 from server.core.runtime import ModelRuntime
+from server.core.sequences import StatePair
 from server.core.stats import ModelStats
 from server.core.types import InferRequest
 

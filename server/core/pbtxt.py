@@ -17,7 +17,7 @@ from server.core.errors import InvalidArgument
 REPEATED = {
     "input", "output", "dims", "preferred_batch_size", "instance_group", "versions", "gpus",
     "control_input", "control", "state", "initial_state", "int32_false_true", "fp32_false_true",
-    "bool_false_true", "int32_false_true", "model_warmup", "parameters_list", "reshape_shape",
+    "bool_false_true", "model_warmup", "parameters_list", "reshape_shape",
     "cuda_graph_spec", "profile", "oldest", "shape",
 }
 _TOKEN = re.compile(

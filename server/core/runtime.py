@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.core import datatypes
-from server.core.errors import InvalidArgument, InternalError
+from server.core.errors import InternalError, InvalidArgument
 from server.core.model_config import GraphIO
 
 
@@ -65,7 +65,7 @@ class ModelRuntime:
             )
         except InvalidArgument:
             raise
-        except Exception as exc:  # onnxruntime raises its own untyped errors for any bad model
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for any bad model
             raise InvalidArgument(f"onnxruntime cannot load the model: {str(exc)[:500]}") from None
         self.inputs = _graph_io(self.session.get_inputs())
         self.outputs = _graph_io(self.session.get_outputs())
@@ -105,7 +105,7 @@ class ModelRuntime:
                 out = self.session.run(output_names or self.output_names, feeds)
             self._observe(time.perf_counter_ns() - start)
             return out
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's pybind errors share no base class but Exception
             msg = str(exc)
             # Shape/type problems that slipped past validation are the caller's fault.
             if "INVALID_ARGUMENT" in msg or "Invalid" in msg:

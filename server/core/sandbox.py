@@ -219,7 +219,7 @@ def _trial_run(session: Any) -> str | None:
              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
              "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
              "tensor(string)": np.object_}
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for i in session.get_inputs():
         dtype = types.get(i.type)
         if dtype is None:

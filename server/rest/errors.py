@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 from starlette.responses import Response
 
 from server.core.errors import ErrorKind, ModelBridgeError
-
-import orjson
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400,
