@@ -29,7 +29,10 @@ for base in m.__path__:
 PY
 )"
 [[ -n "$CUDART" ]] || { echo "libcudart.so.12 missing: pip install nvidia-cuda-runtime-cu12 (dev extra)" >&2; exit 2; }
-if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
+# Read the whole cache before matching: `ldconfig -p | grep -q` under pipefail fails at random when
+# grep exits on the first match and ldconfig dies of SIGPIPE.
+LDCACHE="$(/sbin/ldconfig -p 2>/dev/null || true)"
+if [[ "$LDCACHE" != *libb64.so.0d* ]]; then
   echo "libb64.so.0d missing: apt-get install -y libb64-0d (make browser does it)" >&2
   exit 2
 fi
