@@ -110,6 +110,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
             grpc_server = await start_grpc_server(
                 service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit,
                 reuse_port=reuse_port, keys=keys, max_concurrent_rpcs=settings.max_concurrent_requests,
+                engine=settings.grpc_engine, body_timeout=settings.body_timeout_secs,
             )
     stop = asyncio.Event()
     poll_task = asyncio.create_task(poller.run(stop)) if poller else None  # ends when `stop` is set

@@ -25,6 +25,7 @@ class Settings:
     metrics_port: int = 8002            # 0 disables metrics
     max_body_bytes: int = 64 * 1024 * 1024
     grpc_max_message_bytes: int = 0     # 0: same as max_body_bytes
+    grpc_engine: str = "h2"             # h2: our HTTP/2 layer; grpcio: grpcio's asyncio server (reference)
     log_level: str = "info"
     log_format: str = "plain"           # plain | json
     log_requests: bool = False          # one log line per inference request (with its request id)
@@ -87,7 +88,7 @@ def load_settings(
 
 
 _CHOICES = {"log_level": ("debug", "info", "warning", "error"), "log_format": ("plain", "json"),
-            "model_control_mode": ("none", "poll", "explicit")}
+            "model_control_mode": ("none", "poll", "explicit"), "grpc_engine": ("h2", "grpcio")}
 
 
 def _validate(s: Settings) -> Settings:

@@ -1,10 +1,13 @@
-"""Build and start the grpc.aio server: the inference service, grpc.health.v1 and reflection."""
+"""Build and start the gRPC port: the inference service, grpc.health.v1 and reflection.
+
+Two engines serve the same servicer objects: "h2" (default) is our HTTP/2 layer (front.py, h2.py),
+"grpcio" is grpcio's asyncio server, kept as the reference implementation and a fallback."""
 
 from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from server.core.auth import KeyRing
 from server.core.errors import Unavailable
@@ -13,6 +16,7 @@ from server.grpc._generated import POOL
 from server.grpc._generated import grpc_service_pb2 as pb
 from server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from server.grpc.auth import AuthInterceptor
+from server.grpc.front import GrpcFront, Registry
 from server.grpc.servicer import InferenceServicer
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -45,11 +49,38 @@ def _register_health_descriptor() -> None:
         POOL.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
 
 
+ENGINES = ("h2", "grpcio")
+
+
 async def start_grpc_server(
     service: InferenceService, *, host: str, port: int, max_message_bytes: int, reuse_port: bool = False,
-    keys: KeyRing | None = None, max_concurrent_rpcs: int = 0,
-) -> grpc.aio.Server:
+    keys: KeyRing | None = None, max_concurrent_rpcs: int = 0, engine: str = "h2", body_timeout: float = 60.0,
+) -> grpc.aio.Server | GrpcFront:
     """Bind host:port and start serving; the caller stops it with `await server.stop(grace)`."""
+    # No keys given (in-process tests): the default KeyRing, i.e. inference open, administration refused.
+    keys = keys if keys is not None else KeyRing()
+    _register_health_descriptor()
+    names = (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+    if engine == "grpcio":
+        return await _start_grpcio(service, host=host, port=port, max_message_bytes=max_message_bytes,
+                                   reuse_port=reuse_port, keys=keys, max_concurrent_rpcs=max_concurrent_rpcs)
+    if engine != "h2":
+        raise ValueError(f"unknown gRPC engine {engine!r}: one of {', '.join(ENGINES)}")
+    registry = Registry()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), registry)
+    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), registry)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names, pool=POOL),
+                                                                registry)
+    front = GrpcFront(registry, keys=keys, max_message_bytes=max_message_bytes,
+                      max_concurrent_rpcs=max_concurrent_rpcs, idle_body_timeout=body_timeout)
+    await front.start(host, port, reuse_port=reuse_port)
+    return front
+
+
+async def _start_grpcio(
+    service: InferenceService, *, host: str, port: int, max_message_bytes: int, reuse_port: bool,
+    keys: KeyRing, max_concurrent_rpcs: int,
+) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
@@ -57,13 +88,11 @@ async def start_grpc_server(
             # Off, so a port already taken is an error; on for --workers, where every worker binds it.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
-        # No keys given (in-process tests): the default KeyRing, i.e. inference open, administration refused.
-        interceptors=[AuthInterceptor(keys if keys is not None else KeyRing())],
+        interceptors=[AuthInterceptor(keys)],
         maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)
-    _register_health_descriptor()
     reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=POOL)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
