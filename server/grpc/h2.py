@@ -300,10 +300,16 @@ class H2Connection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def pause_writing(self) -> None:
+        # The peer is not reading what we send: stop reading what it sends too, so a flood of PINGs,
+        # SETTINGS or requests cannot grow our output buffer without bound.
         self._paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
         if self._resume is not None and not self._resume.done():
             self._resume.set_result(None)
         self._resume = None
@@ -657,7 +663,8 @@ class H2Connection(asyncio.Protocol):
         if stream is None or stream.remote_closed:
             if sid > self.last_stream:
                 raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
-            self.write(frame(RST_STREAM, 0, sid, _U32.pack(STREAM_CLOSED)))
+            # A stream we answered and reset: frames already in flight are dropped (RFC 9113 §5.4.2),
+            # not answered one RST_STREAM each.
             return
         if stream.handler is not None and body:
             stream.handler.on_data(body)
