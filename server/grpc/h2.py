@@ -283,6 +283,10 @@ class H2Connection(asyncio.Protocol):
         (a dynamic batch) cost one system call, not one each."""
         if self.closed or self.transport is None:
             return
+        if not self._out and len(self.streams) <= 1:
+            # Nothing else in flight on this connection: nothing to coalesce with, so no extra loop turn.
+            self.transport.write(data)
+            return
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
