@@ -287,3 +287,37 @@ def test_grpcio_engine_answers_the_same(server: ServerProcess, tmp_path: Path) -
         assert answers[0] == answers[1] == expected
     finally:
         proc.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_ping_flood_from_a_peer_that_never_reads_stays_bounded(tmp_path: Path) -> None:
+    proc = ServerProcess(copy_repository(tmp_path / "repo", ["add_sub"])).start()
+    try:
+        assert proc.proc is not None
+        before = rss_kib(proc.proc.pid)
+        host, port = proc.grpc_addr.rsplit(":", 1)
+        ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"p" * 8
+        burst = ping * 4096
+        sent = 0
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            sock.settimeout(0.5)
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:   # never reads: every PING ACK piles up on the server's side
+                try:
+                    sent += sock.send(burst)
+                except TimeoutError:
+                    pass   # the server stopped reading: what we want
+            grown = rss_kib(proc.proc.pid) - before
+            still_serves(proc.grpc_addr)
+        # Without the bound the server would hold one 17-byte ACK per PING read: the peer got far fewer in.
+        assert grown < 64 * 1024, f"RSS grew {grown} KiB after {sent} bytes of PINGs"
+        assert sent < 256 * 1024 * 1024
+    finally:
+        proc.stop()
