@@ -1,5 +1,6 @@
 """The targets the shared harness does not measure: dynamic batching at concurrency 32, time to ready,
-and RSS across 200k requests. Server on CPU 0, load on CPU 1, as in the harness.
+and RSS across 200k requests; and the gRPC port served by grpcio (--grpc-engine grpcio) next to our
+HTTP/2 layer, in the same run. Server on CPU 0, load on CPU 1, as in the harness.
 
 usage: .venv/bin/python bench/extra.py [--requests 200000]
 """
@@ -58,6 +59,22 @@ def main() -> None:
             after = rss_kib(proc.pid)
             print(f"RSS across {done} mlp requests: {before} KiB -> {after} KiB "
                   f"({(after - before) / before * 100:+.1f} %)")
+        finally:
+            stop(proc)
+        engines(work, args.secs)
+
+
+def engines(work: Path, secs: int) -> None:
+    """The gRPC rows of the harness (no config files, 8 streams) with each engine serving the port."""
+    (work / "engines").mkdir()
+    repo = layout(work / "engines", {})
+    for engine in ("h2", "grpcio"):
+        proc, _ = start_server(repo, 18292, 18293, extra=["--grpc-engine", engine])
+        try:
+            for model in ("mlp", "lstm"):
+                g = h2load("http://127.0.0.1:18293/inference.GRPCInferenceService/ModelInfer", work / "engines" / f"{model}.grpc",
+                           streams=8, secs=secs)
+                print(f"gRPC engine {engine:6s} {model:4s} 8 streams: {g['rps']:.0f} req/s")
         finally:
             stop(proc)
 
