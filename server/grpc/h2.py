@@ -470,11 +470,17 @@ class H2Connection(asyncio.Protocol):
         if handler is not None:
             handler.on_reset()
 
+    def _abort(self, stream: Stream, code: int) -> None:
+        """Reset a stream from our side and tell its handler (reset() forgets the stream, handler included)."""
+        handler = stream.handler
+        stream.reset(code)
+        stream.handler = handler
+        self._drop_reset(stream)
+
     def _reset_stream(self, sid: int, code: int) -> None:
         stream = self.streams.get(sid)
         if stream is not None:
-            stream.reset(code)
-            self._drop_reset(stream)
+            self._abort(stream, code)
         else:
             self.write(frame(RST_STREAM, 0, sid, _U32.pack(code)))
 
@@ -641,8 +647,7 @@ class H2Connection(asyncio.Protocol):
         if not stream.remote_closed and self.streams.get(stream.id) is stream and stream.handler is not None \
                 and getattr(stream.handler, "unary", True):
             # A unary request that has not arrived whole in time: the slow-client bound of HTTP/2.
-            stream.reset(CANCEL)
-            self._drop_reset(stream)
+            self._abort(stream, CANCEL)
 
     def _end_remote(self, stream: Stream) -> None:
         stream.remote_closed = True

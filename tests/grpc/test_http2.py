@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -319,5 +320,36 @@ def test_a_ping_flood_from_a_peer_that_never_reads_stays_bounded(tmp_path: Path)
         # Without the bound the server would hold one 17-byte ACK per PING read: the peer got far fewer in.
         assert grown < 64 * 1024, f"RSS grew {grown} KiB after {sent} bytes of PINGs"
         assert sent < 256 * 1024 * 1024
+    finally:
+        proc.stop()
+
+
+def test_stalled_requests_do_not_hold_concurrency_slots(tmp_path: Path) -> None:
+    """A stream reset by the server (stalled body) must give back its slot under --max-concurrent-requests."""
+    proc = ServerProcess(copy_repository(tmp_path / "repo", ["identity_types"]),
+                         extra_args=["--body-timeout-secs", "1", "--max-concurrent-requests", "2"]).start()
+    try:
+        for _ in range(2):   # twice the limit's worth of stalls, one after the other
+            c = Client(proc.grpc_addr)
+            sids = []
+            for _ in range(2):
+                sid = c.conn.get_next_available_stream_id()
+                c.conn.send_headers(sid, c.headers(INFER))
+                c.conn.send_data(sid, b"\x00\x00\x00\x10\x00partial")
+                sids.append(sid)
+            c.flush()
+            reset: dict[int, object] = {}
+            while len(reset) < len(sids):
+                for ev in c.events():
+                    if isinstance(ev, h2.events.StreamReset):
+                        reset[ev.stream_id] = ev.error_code
+            assert set(reset) == set(sids) and all(code == h2.errors.ErrorCodes.CANCEL for code in reset.values())
+            c.close()
+        c = Client(proc.grpc_addr)
+        req, expected = identity_request(4)
+        _, body, trailers = c.call(INFER, req.SerializeToString())
+        assert trailers["grpc-status"] == "0", trailers
+        assert outputs_of(body) == expected
+        c.close()
     finally:
         proc.stop()
