@@ -35,6 +35,7 @@ HEAD = b"\x88" + encode_literal("content-type", "application/grpc")   # \x88: ":
 OK_TRAILERS = encode_literal("grpc-status", "0")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
+QUEUED = 8   # request messages a streaming handler may have unread before the client must wait
 _WBITS = {"gzip": 31, "deflate": 15}   # zlib window bits: gzip wrapper, zlib wrapper (gRPC's "deflate")
 
 
@@ -148,6 +149,7 @@ class Call:
         "task",
         "timer",
         "unary",
+        "withheld",
     )
 
     def __init__(self, front: GrpcFront, stream: Stream, method: str, handler: grpc.RpcMethodHandler,
@@ -168,6 +170,7 @@ class Call:
         self.headers_sent = False
         self.counted = True   # in front.active until _close
         self.queue: asyncio.Queue[bytes | None] | None = None if self.unary else asyncio.Queue()
+        self.withheld = 0   # received bytes not yet credited back to the stream window (backpressure)
         front.active += 1
         if deadline is not None:
             self.timer = front.loop.call_at(deadline, self._expired)
@@ -211,8 +214,14 @@ class Call:
             else:
                 assert self.queue is not None
                 self.queue.put_nowait(message)
-        if self.unary:
-            self.stream.consumed(len(data))
+        # Reopen the window as bytes arrive (a message may be larger than the window: holding credit until
+        # it is whole would deadlock), except while the handler has QUEUED messages unread: then the
+        # client waits until it catches up.
+        if self.queue is not None and self.queue.qsize() >= QUEUED:
+            self.withheld += len(data)
+        else:
+            self.stream.consumed(len(data) + self.withheld)
+            self.withheld = 0
 
     def _inflate(self, data: bytes) -> bytes | None:
         limit = self.front.max_message_bytes
@@ -260,7 +269,9 @@ class Call:
         if message is None:
             self.queue.put_nowait(None)   # stays at the end for further reads
             return _EOF
-        self.stream.consumed(len(message) + 5)
+        if self.withheld and self.queue.qsize() < QUEUED:
+            self.stream.consumed(self.withheld)
+            self.withheld = 0
         return self._parse(message)
 
     def _parse(self, message: bytes) -> Any:

@@ -675,6 +675,8 @@ class H2Connection(asyncio.Protocol):
             # A stream we answered and reset: frames already in flight are dropped (RFC 9113 §5.4.2),
             # not answered one RST_STREAM each.
             return
+        if len(body) < len(payload):
+            stream.consumed(len(payload) - len(body))   # padding reaches no handler: give its window back now
         if stream.handler is not None and body:
             stream.handler.on_data(body)
         if flags & END_STREAM:

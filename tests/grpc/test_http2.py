@@ -353,3 +353,40 @@ def test_stalled_requests_do_not_hold_concurrency_slots(tmp_path: Path) -> None:
         c.close()
     finally:
         proc.stop()
+
+
+def test_a_stream_carries_many_times_its_window(server: ServerProcess) -> None:
+    """ModelStreamInfer with ~12 MB each way on one stream: the server must reopen the stream's 1 MiB
+    receive window as it reads, and send under tritonclient's windows; compressed and plain requests mixed."""
+    import queue
+
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    n = 30_000
+    rng = np.random.default_rng(7)
+    sent = []
+    try:
+        for i in range(8):
+            x = rng.standard_normal((1, n)).astype(np.float32)
+            inputs = []
+            for name, dtype in TYPES.items():
+                arr = (x > 0) if name == "BOOL" else x.astype(dtype)
+                inp = grpcclient.InferInput(f"IN_{name}", [1, n], name)
+                inp.set_data_from_numpy(arr)
+                inputs.append(inp)
+            words = np.array([[b"w"] * n], dtype=object)
+            inp = grpcclient.InferInput("IN_BYTES", [1, n], "BYTES")
+            inp.set_data_from_numpy(words)
+            inputs.append(inp)
+            sent.append(x)
+            client.async_stream_infer("identity_types", inputs, request_id=str(i),
+                                      outputs=[grpcclient.InferRequestedOutput("OUT_FP32")])
+        got = [results.get(timeout=60) for _ in sent]
+    finally:
+        client.stop_stream()
+        client.close()
+    for i, (result, error) in enumerate(got):
+        assert error is None, error
+        assert result.get_response().id == str(i)
+        np.testing.assert_array_equal(result.as_numpy("OUT_FP32"), sent[i])
