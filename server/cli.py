@@ -20,8 +20,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, help="largest accepted request body (default 64 MiB)")
     p.add_argument("--grpc-max-message-bytes", type=int, help="largest gRPC message (default: --max-body-bytes)")
     p.add_argument("--grpc-engine", choices=["h2", "grpcio"],
-                   help="what serves the gRPC port: h2, our HTTP/2 layer (default, ~3x less CPU per call), or "
-                        "grpcio's asyncio server")
+                   help="what serves the gRPC port: h2, our HTTP/2 layer (default; 3.5-4x the calls per core of "
+                        "grpcio in BENCHMARKS.md), or grpcio's asyncio server")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     p.add_argument("--log-requests", action="store_true", default=None,
                    help="log one line per inference request with its request id (default off)")
