@@ -38,7 +38,7 @@ bench: $(STAMP)
 
 # Longer runs of what the suite runs briefly (tests/security): hypothesis, raw gRPC bytes, schemathesis.
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=3000 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/security/test_fuzz_decoding.py
+	FUZZ_EXAMPLES=3000 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/security/test_fuzz_decoding.py tests/security/test_http2_frames.py
 	FUZZ_EXAMPLES=150 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/security/test_grpc_wire.py tests/security/test_schemathesis.py
 
 # 60 s at concurrency 64, REST and gRPC mixed, with uploads and unloads: errors, RSS growth.
