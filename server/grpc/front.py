@@ -179,6 +179,7 @@ class Call:
 
     # ---- from the HTTP/2 layer ----
     def on_data(self, data: bytes) -> None:
+        # Malformed framing is the client's fault: INVALID_ARGUMENT, as for any other bad input.
         if self.finished:
             return
         buf = self.buf
@@ -186,7 +187,7 @@ class Call:
         limit = self.front.max_message_bytes
         while len(buf) >= 5:
             if buf[0] not in (0, 1):
-                self._fail(grpc.StatusCode.INTERNAL, "bad gRPC message prefix (compressed flag not 0 or 1)")
+                self._fail(grpc.StatusCode.INVALID_ARGUMENT, "bad gRPC message prefix (compressed flag not 0 or 1)")
                 return
             if buf[0] == 1 and self.encoding not in _WBITS:
                 self._fail(grpc.StatusCode.UNIMPLEMENTED,
@@ -229,7 +230,7 @@ class Call:
         try:
             out = inflater.decompress(data, limit + 1)
         except zlib.error as exc:
-            self._fail(grpc.StatusCode.INTERNAL, f"the {self.encoding} message cannot be decompressed: {exc}")
+            self._fail(grpc.StatusCode.INVALID_ARGUMENT, f"the {self.encoding} message cannot be decompressed: {exc}")
             return None
         if len(out) > limit:
             self._fail(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max (over {limit} inflated)")
@@ -240,11 +241,11 @@ class Call:
         if self.finished:
             return
         if self.buf:
-            self._fail(grpc.StatusCode.INTERNAL, "the request ended inside a message")
+            self._fail(grpc.StatusCode.INVALID_ARGUMENT, "the request ended inside a message")
             return
         if self.unary:
             if not self.messages:
-                self._fail(grpc.StatusCode.INTERNAL, f"{self.method} got no request message")
+                self._fail(grpc.StatusCode.INVALID_ARGUMENT, f"{self.method} got no request message")
                 return
             self.task = self.front.loop.create_task(self._run())
         else:

@@ -195,7 +195,7 @@ def test_bad_grpc_framing_is_a_status_not_a_dropped_connection(client: Client) -
     client.conn.send_data(sid, b"\x00\x00\x00\x00\x10abc", end_stream=True)   # says 16 bytes, has 3
     client.flush()
     _, _, trailers = client.response(sid)
-    assert trailers["grpc-status"] == "13" and "ended inside a message" in trailers["grpc-message"]
+    assert trailers["grpc-status"] == "3" and "ended inside a message" in trailers["grpc-message"]
     sid = client.conn.get_next_available_stream_id()
     client.conn.send_headers(sid, client.headers(INFER) + [("grpc-encoding", "snappy")])
     client.conn.send_data(sid, b"\x01\x00\x00\x00\x01x", end_stream=True)
