@@ -35,6 +35,7 @@ HEAD = b"\x88" + encode_literal("content-type", "application/grpc")   # \x88: ":
 OK_TRAILERS = encode_literal("grpc-status", "0")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
+_EOF = object()   # what read() returns past the end of a request stream
 QUEUED = 8   # request messages a streaming handler may have unread before the client must wait
 _WBITS = {"gzip": 31, "deflate": 15}   # zlib window bits: gzip wrapper, zlib wrapper (gRPC's "deflate")
 
@@ -384,13 +385,6 @@ class Call:
                 task.cancel()
 
 
-class _Eof:
-    pass
-
-
-_EOF = _Eof()
-
-
 class GrpcFront:
     """Listens on the gRPC port; `stop(grace)` mirrors grpc.aio.Server.stop."""
 
@@ -402,7 +396,7 @@ class GrpcFront:
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.idle_body_timeout = idle_body_timeout
         self.max_streams = max_streams
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()   # built inside start_grpc_server
         self.active = 0
         self.connections: set[H2Connection] = set()
         self._server: asyncio.Server | None = None
