@@ -286,14 +286,18 @@ class Call:
             raise Aborted(grpc.StatusCode.INVALID_ARGUMENT,
                           f"the request message cannot be parsed: {str(exc)[:200]}") from None
 
-    async def write(self, response: Any) -> None:
-        if self.finished:
-            raise asyncio.CancelledError
+    def _serialize(self, response: Any) -> bytes:
         serialize = self.handler.response_serializer
         data = serialize(response) if serialize is not None else response
         if len(data) > self.front.max_message_bytes:
             raise Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"response message larger than max ({len(data)} vs. {self.front.max_message_bytes})")
+        return data
+
+    async def write(self, response: Any) -> None:
+        if self.finished:
+            raise asyncio.CancelledError
+        data = self._serialize(response)
         if not self.headers_sent:
             self.headers_sent = True
             self.stream.send_headers(HEAD)
@@ -337,14 +341,10 @@ class Call:
             self._close(cancel=False)
 
     def _answer_unary(self, response: Any) -> None:
+        """Called inside _run's try: an oversized response's Aborted ends the call like any other."""
         if self.finished:
             return
-        serialize = self.handler.response_serializer
-        data = serialize(response) if serialize is not None else response
-        if len(data) > self.front.max_message_bytes:
-            self._trailers(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"response message larger than max ({len(data)} vs. {self.front.max_message_bytes})")
-            return
+        data = self._serialize(response)
         self.finished = True
         trailers = status_block(grpc.StatusCode.OK, "", self.ctx.trailing) if self.ctx.trailing else OK_TRAILERS
         self.stream.send_unary(HEAD, len(data).to_bytes(5, "big") + data, trailers)

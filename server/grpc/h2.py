@@ -136,14 +136,20 @@ class Stream:
             self.local_closed = True
             self.conn.maybe_forget(self)
 
+    def _take_window(self, n: int) -> bool:
+        """Debit n bytes from both send windows if one DATA frame of n bytes may go out now."""
+        conn = self.conn
+        if self.pending or n > self.send_window or n > conn.send_window or n > conn.peer_max_frame:
+            return False
+        self.send_window -= n
+        conn.send_window -= n
+        return True
+
     def send_data(self, payload: bytes) -> None:
         """Queue DATA (already gRPC-framed) and write what the windows allow."""
         if self.local_closed or not payload:
             return
-        if not self.pending and len(payload) <= self.send_window and len(payload) <= self.conn.send_window \
-                and len(payload) <= self.conn.peer_max_frame:
-            self.send_window -= len(payload)
-            self.conn.send_window -= len(payload)
+        if self._take_window(len(payload)):
             self.conn.write(frame(DATA, 0, self.id, payload))
             return
         self.pending.append(payload)
@@ -152,12 +158,9 @@ class Stream:
 
     def send_unary(self, head: bytes, message: bytes, trailers: bytes) -> None:
         """Response headers, one DATA and trailers in one write when the windows allow (the hot path)."""
-        n = len(message)
         if self.local_closed:
             return
-        if not self.pending and n <= self.send_window and n <= self.conn.send_window and n <= self.conn.peer_max_frame:
-            self.send_window -= n
-            self.conn.send_window -= n
+        if self._take_window(len(message)):
             self.local_closed = True
             conn = self.conn
             conn.write(conn.header_frames(self.id, head, END_HEADERS) + frame(DATA, 0, self.id, message)
@@ -210,6 +213,8 @@ class Stream:
             return
         self.local_closed = self.remote_closed = True
         self.pending.clear()
+        self.pending_bytes = 0
+        self.end_after_pending = None
         self.conn.write(frame(RST_STREAM, 0, self.id, _U32.pack(code)))
         self.conn.maybe_forget(self)
 
@@ -329,19 +334,20 @@ class H2Connection(asyncio.Protocol):
         if self._preface_timer is not None:
             self._preface_timer.cancel()
         self.resume_writing()
-        for stream in list(self.streams.values()):
+        for stream in list(self.streams.values()):   # none is closed both ways: those were forgotten
             self._drop(stream)
         self.streams.clear()
         if self.on_close is not None:
             self.on_close(self)
 
     def _drop(self, stream: Stream) -> None:
+        """The stream ends before its exchange did: stop its timer, wake its writer, tell its handler."""
         if stream.body_timer is not None:
             stream.body_timer.cancel()
         if stream.drained is not None:
             stream.drained.set()
         handler, stream.handler = stream.handler, None
-        if handler is not None and not (stream.local_closed and stream.remote_closed):
+        if handler is not None:
             handler.on_reset()
 
     def header_frames(self, stream_id: int, block: bytes, flags: int) -> bytes:
@@ -445,7 +451,7 @@ class H2Connection(asyncio.Protocol):
             if stream is not None:
                 stream.local_closed = stream.remote_closed = True
                 self.blocked.discard(stream)
-                self._drop_reset(stream)
+                self._drop(stream)
         elif kind == GOAWAY:
             if sid != 0:
                 raise ConnectionError_(PROTOCOL_ERROR, "GOAWAY on a stream")
@@ -461,21 +467,10 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "a client cannot push")
         # unknown frame types are ignored (RFC 9113 §4.1)
 
-    def _drop_reset(self, stream: Stream) -> None:
-        if stream.body_timer is not None:
-            stream.body_timer.cancel()
-        if stream.drained is not None:
-            stream.drained.set()
-        handler, stream.handler = stream.handler, None
-        if handler is not None:
-            handler.on_reset()
-
     def _abort(self, stream: Stream, code: int) -> None:
-        """Reset a stream from our side and tell its handler (reset() forgets the stream, handler included)."""
-        handler = stream.handler
+        """Reset a stream from our side, its handler told first (reset() forgets the stream)."""
+        self._drop(stream)
         stream.reset(code)
-        stream.handler = handler
-        self._drop_reset(stream)
 
     def _reset_stream(self, sid: int, code: int) -> None:
         stream = self.streams.get(sid)

@@ -50,6 +50,15 @@ def _register_health_descriptor() -> None:
 
 
 ENGINES = ("h2", "grpcio")
+SERVICE_NAMES = (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+
+
+def _register(service: InferenceService, server: grpc.aio.Server | Registry) -> None:
+    """The three services on either engine (a Registry collects them as a grpc server would)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(SERVICE_NAMES, pool=POOL), server)
 
 
 async def start_grpc_server(
@@ -60,17 +69,13 @@ async def start_grpc_server(
     # No keys given (in-process tests): the default KeyRing, i.e. inference open, administration refused.
     keys = keys if keys is not None else KeyRing()
     _register_health_descriptor()
-    names = (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
     if engine == "grpcio":
         return await _start_grpcio(service, host=host, port=port, max_message_bytes=max_message_bytes,
                                    reuse_port=reuse_port, keys=keys, max_concurrent_rpcs=max_concurrent_rpcs)
     if engine != "h2":
         raise ValueError(f"unknown gRPC engine {engine!r}: one of {', '.join(ENGINES)}")
     registry = Registry()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), registry)
-    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), registry)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names, pool=POOL),
-                                                                registry)
+    _register(service, registry)
     front = GrpcFront(registry, keys=keys, max_message_bytes=max_message_bytes,
                       max_concurrent_rpcs=max_concurrent_rpcs, idle_body_timeout=body_timeout)
     await front.start(host, port, reuse_port=reuse_port)
@@ -91,9 +96,7 @@ async def _start_grpcio(
         interceptors=[AuthInterceptor(keys)],
         maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
-    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)
-    reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=POOL)
+    _register(service, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
