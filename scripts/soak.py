@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,32 +25,16 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
-from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.grpc._generated import grpc_service_pb2 as pb
 from server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.support import free_port, scale_model
 
 ADMIN_KEY = "soak-admin-" + os.urandom(12).hex()
 CHURN = "lstm_tiny"       # unloaded and reloaded during the run: the one model allowed to answer 503
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scale_model(k: float) -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [k])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def rss_kib(pid: int) -> int:
@@ -165,7 +148,7 @@ async def admin_worker(url: str, stop: float, tally: Tally, scales: set[float], 
             await asyncio.sleep(period)
             version += 1
             scales.add(float(version))   # announced before it can be served
-            r = await http.put(f"/v2/repository/models/scaler/versions/{version}", content=scale_model(float(version)))
+            r = await http.put(f"/v2/repository/models/scaler/versions/{version}", content=scale_model(float(version)).SerializeToString())
             if r.status_code == 201:
                 tally.ok["admin upload"] += 1
             else:
@@ -231,7 +214,7 @@ def main() -> int:
     for name in ("add_sub", CHURN):
         shutil.copytree(ROOT / "server" / "examples" / "repository" / name, repo / name)
     (repo / "scaler" / "1").mkdir(parents=True)
-    (repo / "scaler" / "1" / "model.onnx").write_bytes(scale_model(2.0))
+    (repo / "scaler" / "1" / "model.onnx").write_bytes(scale_model(2.0).SerializeToString())
     http_port, grpc_port = free_port(), free_port()
     log = open(work / "server.log", "wb")  # noqa: SIM115 - outlives this block: closed in the finally below
     proc = subprocess.Popen(

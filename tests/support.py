@@ -1,4 +1,5 @@
-"""Start the real server (`python -m server.cli serve`) on free loopback ports for end-to-end tests."""
+"""Start the real server (`python -m server.cli serve`) on free loopback ports for end-to-end tests, and the
+small model the tests and scripts/soak.py upload."""
 
 from __future__ import annotations
 
@@ -13,9 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "server" / "examples" / "repository"
+
+
+def scale_model(k: float = 2.0, *, pad_bytes: int = 0) -> onnx.ModelProto:
+    """y = x * k over [batch, 3]; `pad_bytes` adds an unused initializer to make the file big."""
+    inits = [helper.make_tensor("k", TensorProto.FLOAT, [1], [k])]
+    if pad_bytes:
+        inits.append(numpy_helper.from_array(np.zeros(pad_bytes // 4, np.float32), "pad"))
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def free_port() -> int:

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from tests.support import scale_model
 
 OPSET = [helper.make_opsetid("", 17)]
-
-
-def scale_model(k: float = 2.0, *, pad_bytes: int = 0) -> onnx.ModelProto:
-    """y = x * k; `pad_bytes` adds an unused initializer to make the file big."""
-    inits = [helper.make_tensor("k", TensorProto.FLOAT, [1], [k])]
-    if pad_bytes:
-        inits.append(numpy_helper.from_array(np.zeros(pad_bytes // 4, np.float32), "pad"))
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        initializer=inits,
-    )
-    return helper.make_model(graph, opset_imports=OPSET)
 
 
 def _external(t: TensorProto, location: str) -> TensorProto:

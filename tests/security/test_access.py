@@ -13,29 +13,20 @@ import grpc
 import httpx
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from server.core.auth import KeyRing, Scope, build_keyring, read_keys_file
 from server.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from server.grpc._generated import grpc_service_pb2 as pb
 from server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.security.conftest import ADMIN_KEY, INFERENCE_KEY, WRONG_KEY, bearer
-from tests.support import ROOT, ServerProcess, copy_repository, free_port
+from tests.support import ROOT, ServerProcess, copy_repository, free_port, scale_model
 
 KEYS = {"none": None, "inference": INFERENCE_KEY, "admin": ADMIN_KEY, "wrong": WRONG_KEY}
 ADD_SUB = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}
                       for n in ("INPUT0", "INPUT1")]}
 
 
-def scale_model() -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [2.0])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
+SCALE_MODEL = scale_model().SerializeToString()
 
 # (method, path, body, scope, status expected once authorised)
 REST: list[tuple[str, str, bytes | None, Scope, int]] = [
@@ -53,7 +44,7 @@ REST: list[tuple[str, str, bytes | None, Scope, int]] = [
     ("POST", "/v2/repository/index", b"{}", Scope.ADMIN, 200),
     ("POST", "/v2/repository/models/lstm_tiny/unload", b"", Scope.ADMIN, 200),
     ("POST", "/v2/repository/models/lstm_tiny/load", b"", Scope.ADMIN, 200),
-    ("PUT", "/v2/repository/models/scaler/versions/1", scale_model(), Scope.ADMIN, 201),
+    ("PUT", "/v2/repository/models/scaler/versions/1", SCALE_MODEL, Scope.ADMIN, 201),
 ]
 
 
@@ -86,7 +77,7 @@ def test_scope_bypass_attempts_are_classified_like_the_route(secured: ServerProc
         ("POST", "/v2/repository/models/add_sub/unload"),
     ]
     for method, path in attempts:
-        r = httpx.request(method, secured.url + path, headers=inference, content=scale_model(), timeout=30)
+        r = httpx.request(method, secured.url + path, headers=inference, content=SCALE_MODEL, timeout=30)
         assert r.status_code == 403, (method, path, r.status_code, r.text)
     # Still served: nothing above unloaded or replaced anything.
     assert httpx.post(secured.url + "/v2/models/add_sub/infer", json=ADD_SUB, headers=inference).status_code == 200
@@ -218,7 +209,7 @@ def test_keyring_rules() -> None:
             read_keys_file(path)
     with pytest.raises(InvalidArgument):
         build_keyring(admin_keys="caf\u00e9" * 8)
-    assert onnx.load_model_from_string(scale_model()).graph.name == "scale"
+    assert onnx.load_model_from_string(SCALE_MODEL).graph.name == "scale"
 
 
 def test_every_rest_route_is_classified(tmp_path: Path) -> None:

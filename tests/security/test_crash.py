@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from tests.security.conftest import ADMIN_KEY, bearer, keyed_server
-from tests.security.models import scale_model
 from tests.security.test_uploads import X, _sandbox_children
-from tests.support import ServerProcess, copy_repository
+from tests.support import ServerProcess, copy_repository, scale_model
 
 BIG = 40 << 20
 

@@ -19,8 +19,8 @@ from server.core import sandbox
 from server.grpc._generated import grpc_service_pb2 as pb
 from server.grpc._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.security.conftest import ADMIN_KEY, bearer, keyed_server
-from tests.security.models import CORPUS, nested_ifs, scale_model
-from tests.support import ServerProcess, copy_repository
+from tests.security.models import CORPUS, nested_ifs
+from tests.support import ServerProcess, copy_repository, scale_model
 
 X = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
 

@@ -16,7 +16,6 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 import uvloop
-from onnx import TensorProto, helper
 
 from server.core.auth import KeyRing
 from server.core.repository import ModelRepository
@@ -26,7 +25,7 @@ from server.rest.fastpath import infer_handler, secure_infer
 from server.rest.http11 import HttpServer
 from server.rest.security import secure_app
 from server.workers import reuseport_socket
-from tests.support import copy_repository
+from tests.support import copy_repository, scale_model
 
 LIMIT = 1 << 20
 ADD_SUB = orjson.dumps({"inputs": [
@@ -187,23 +186,13 @@ def test_tritonclient_infer(served: ThreadedServer, binary: bool) -> None:
     del client   # closes it now, on this thread: gevent objects must not be finalised from another one
 
 
-def _tiny_model(scale: float) -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [scale])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
 def test_httpx_routes_upload_download_etag_and_keep_alive(served: ThreadedServer, service: InferenceService) -> None:
     with httpx.Client(base_url=served.url, timeout=30) as http:
         assert http.get("/v2").json()["name"] == "modelbridge"
         assert http.get("/v2/models/add_sub/versions/1/ready").status_code == 200
         index = http.post("/v2/repository/index", content=b'{"ready": true}').json()
         assert {e["name"] for e in index} >= {"add_sub", "lstm_tiny"}
-        model = _tiny_model(2.0)
+        model = scale_model(2.0).SerializeToString()
         r = http.put("/v2/repository/models/scaler/versions/1", content=model)
         assert r.status_code == 201, r.text
         r = http.post("/v2/models/scaler/infer", content=orjson.dumps(

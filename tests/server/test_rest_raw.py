@@ -10,9 +10,8 @@ import numpy as np
 import onnx
 import orjson
 import pytest
-from onnx import TensorProto, helper
 
-from tests.support import EXAMPLES, ServerProcess
+from tests.support import EXAMPLES, ServerProcess, scale_model
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +118,6 @@ def test_download_is_byte_exact_with_etag(http: httpx.Client) -> None:
     assert http.get("/v2/models/lstm_tiny/versions/9/model.onnx").status_code == 404
 
 
-def _tiny_model(scale: float) -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [scale])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
 def _scale(http: httpx.Client, model: str, version: str = "") -> list[float]:
     body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     r = infer_json(http, model, body, version)
@@ -138,24 +127,24 @@ def _scale(http: httpx.Client, model: str, version: str = "") -> list[float]:
 
 def test_upload_new_model_and_versions(private_server: ServerProcess) -> None:
     with httpx.Client(base_url=private_server.url, timeout=30) as http:
-        r = http.put("/v2/repository/models/scaler/versions/1", content=_tiny_model(2.0))
+        r = http.put("/v2/repository/models/scaler/versions/1", content=scale_model(2.0).SerializeToString())
         assert r.status_code == 201, r.text
         assert _scale(http, "scaler") == [2, 4, 6]
-        r = http.put("/v2/repository/models/scaler/versions/2", content=_tiny_model(3.0))
+        r = http.put("/v2/repository/models/scaler/versions/2", content=scale_model(3.0).SerializeToString())
         assert r.json()["served"] is True
         assert _scale(http, "scaler") == [3, 6, 9]
         # latest-1 policy: version 1 is stored but no longer served
         assert http.get("/v2/models/scaler/versions/1/ready").status_code == 400
-        assert http.get("/v2/models/scaler/versions/2/model.onnx").content == _tiny_model(3.0)
-        assert (private_server.repository / "scaler" / "2" / "model.onnx").read_bytes() == _tiny_model(3.0)
+        assert http.get("/v2/models/scaler/versions/2/model.onnx").content == scale_model(3.0).SerializeToString()
+        assert (private_server.repository / "scaler" / "2" / "model.onnx").read_bytes() == scale_model(3.0).SerializeToString()
         # bad uploads are refused and change nothing
-        for bad in (b"", b"not an onnx model", _tiny_model(4.0)[:-7]):
+        for bad in (b"", b"not an onnx model", scale_model(4.0).SerializeToString()[:-7]):
             r = http.put("/v2/repository/models/scaler/versions/3", content=bad)
             assert r.status_code == 400, r.text
         assert not (private_server.repository / "scaler" / "3").exists()
         assert _scale(http, "scaler") == [3, 6, 9]
         for name, version in (("..", "1"), ("a%2Fb", "1"), ("scaler", "0"), ("scaler", "x1"), ("scaler", "-2")):
-            r = http.put(f"/v2/repository/models/{name}/versions/{version}", content=_tiny_model(1.0))
+            r = http.put(f"/v2/repository/models/{name}/versions/{version}", content=scale_model(1.0).SerializeToString())
             assert r.status_code in (400, 404), (name, version, r.status_code)
         assert sorted(p.name for p in private_server.repository.iterdir()) == sorted(
             [p.name for p in EXAMPLES.iterdir() if p.is_dir()] + ["scaler", ".staging"]
@@ -166,7 +155,7 @@ def test_triton_load_with_files_and_config(private_server: ServerProcess) -> Non
     with httpx.Client(base_url=private_server.url, timeout=30) as http:
         params = {
             "config": orjson.dumps({"max_batch_size": 2}).decode(),
-            "file:5/model.onnx": base64.b64encode(_tiny_model(5.0)).decode(),
+            "file:5/model.onnx": base64.b64encode(scale_model(5.0).SerializeToString()).decode(),
         }
         r = http.post("/v2/repository/models/fivefold/load", content=orjson.dumps({"parameters": params}))
         assert r.status_code == 200, r.text
