@@ -2,7 +2,8 @@
 
 Each build script trains its model briefly on synthetic data with fixed seeds, converts it with our
 converters, writes server/examples/repository/<name>/1/model.onnx and examples/<name>/README.md.
-``publish`` below is the helper the build scripts share for that last step.
+``publish`` below is the helper the build scripts share for that last step, and ``train_torch_classifier``
+the training loop of the PyTorch classifiers.
 
     .venv/bin/python examples/build_zoo.py [NAME ...]
 """
@@ -21,6 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 REPOSITORY = ROOT / "server" / "examples" / "repository"
 SIZE_LIMIT = 1_000_000
+
+
+def train_torch_classifier(model: Any, x: Any, y: Any, *, steps: int, batch: int, lr: float) -> float:
+    """Adam on the negative log-likelihood of `model`'s softmax output, minibatches taken in order and
+    wrapping around; returns the training accuracy (the model is left in eval mode)."""
+    import torch  # only the PyTorch build scripts call this
+    from torch import nn
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    count = len(x)
+    for step in range(steps):
+        index = slice((step * batch) % count, (step * batch) % count + batch)
+        loss = nn.functional.nll_loss(torch.log(model(x[index]) + 1e-9), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(dim=-1) == y).float().mean())
 
 
 def publish(

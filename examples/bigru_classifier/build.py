@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from converters import InputSpec, convert
-from examples.build_zoo import publish
+from examples.build_zoo import publish, train_torch_classifier
 
 FEATURES, HIDDEN, CLASSES = 4, 16, 3
 
@@ -48,16 +48,7 @@ def main() -> None:
     x, labels = synthetic_sequences(rng, 1200, 24)
     data, target = torch.from_numpy(x), torch.from_numpy(labels)
     model = BiGruClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(150):
-        index = slice((step * 60) % 1200, (step * 60) % 1200 + 60)
-        loss = nn.functional.nll_loss(torch.log(model(data[index]) + 1e-9), target[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(data).argmax(dim=-1) == target).float().mean())
+    accuracy = train_torch_classifier(model, data, target, steps=150, batch=60, lr=1e-2)
     print(f"bigru_classifier: training accuracy {accuracy:.3f}")
     result = convert(model, inputs=[InputSpec("sequence", (None, None, FEATURES))], progress=print)
     publish(

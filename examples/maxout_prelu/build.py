@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from converters import InputSpec, convert
-from examples.build_zoo import publish
+from examples.build_zoo import publish, train_torch_classifier
 
 
 class Maxout(nn.Module):
@@ -51,16 +51,7 @@ def main() -> None:
     x = torch.from_numpy((centers[labels] + rng.normal(size=(3000, 20))).astype(np.float32))
     y = torch.from_numpy(labels)
     model = MaxoutPrelu()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(400):
-        index = slice((step * 100) % 3000, (step * 100) % 3000 + 100)
-        loss = nn.functional.nll_loss(torch.log(model(x[index]) + 1e-9), y[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(x).argmax(dim=-1) == y).float().mean())
+    accuracy = train_torch_classifier(model, x, y, steps=400, batch=100, lr=3e-3)
     print(f"maxout_prelu: training accuracy {accuracy:.3f}")
     result = convert(model, inputs=[InputSpec("features", (None, 20))], progress=print)
     publish(

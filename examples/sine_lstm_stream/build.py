@@ -16,13 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import keras
 import numpy as np
 
 from converters import convert
 from converters.stateful import check_streaming, make_stateful
 from examples.build_zoo import REPOSITORY, publish
-from examples.sine_lstm.build import STEP, WINDOW, windows
+from examples.sine_lstm.build import STEP, WINDOW, train
 from examples.sine_lstm_stream.usage import checked_step_form, usage
 
 NAME = "sine_lstm_stream"
@@ -30,17 +29,7 @@ CONFIG = "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 2
 
 
 def main() -> None:
-    keras.utils.set_random_seed(0)
-    x, y = windows(np.random.default_rng(0), 2000)
-    model = keras.Sequential([
-        keras.Input((None, 1), name="sample"),
-        keras.layers.LSTM(16, name="lstm"),
-        keras.layers.Dense(1, name="next_value"),
-    ], name=NAME)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
-    test_x, test_y = windows(np.random.default_rng(1), 500)
-    mse = float(np.mean((model.predict(test_x, verbose=0) - test_y) ** 2))
+    model, mse = train(None, "sample", NAME)
     print(f"{NAME}: held-out MSE {mse:.2e} after {WINDOW} samples")
     plain = convert(model, progress=print)
     stateful = make_stateful(plain.model)
