@@ -23,12 +23,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from server.grpc._generated import grpc_service_pb2 as pb
+from tests.grpc.samples import NUMPY
 from tests.support import ServerProcess, copy_repository
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-TYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-         "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-         "FP32": np.float32, "FP64": np.float64}
+TYPES = {name: dtype for name, dtype in NUMPY.items() if name != "BYTES"}   # the fixed-size ones
 
 
 class Client:
