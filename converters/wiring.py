@@ -1,0 +1,206 @@
+"""Where a fused recurrent node's data comes from and goes to, read from the graph itself.
+
+For each optional input (sequence_lens, initial_h, initial_c) the producers are traced back to the
+model inputs whose values it depends on (a mask computed from a token input, an encoder's state...),
+or found to be a constant / zeros; each output (Y, Y_h, Y_c) is followed forward through layout-only
+ops to the graph outputs it becomes.  Derived from the graph, so it is right whichever converter
+wrote the node.  numpy + onnx only (the server's gates view imports it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from converters.weights import resolve
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+# Ops that only move or reshape data: a graph output reached through them is still "the node's Y".
+LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Flatten", "Cast"})
+# Ops whose output depends on their input's shape only, never its values.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+# Ops that keep a zero tensor zero whatever their other inputs (first input carries the data).
+_ZERO_KEEPING = frozenset({"Expand", "Tile", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Cast", "Identity",
+                           "Slice", "Gather", "Flatten", "CastLike"})
+INPUT_SLOTS = {"X": 0, "sequence_lens": 4, "initial_h": 5, "initial_c": 6}
+OUTPUT_SLOTS = {"Y": 0, "Y_h": 1, "Y_c": 2}
+SMALL_CONSTANT = 64  # constants up to this many values are written out in full
+
+
+class GraphIndex:
+    """Producers, consumers, model inputs and outputs of one graph, computed once."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.model = model
+        self.initializers = {init.name for init in graph.initializer}
+        self.inputs = [value.name for value in graph.input if value.name not in self.initializers]
+        self.outputs = [value.name for value in graph.output]
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.output:
+                if name:
+                    self.producers[name] = node
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+
+
+def _attribute(node: onnx.NodeProto, name: str) -> Any:
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return None
+
+
+def _is_zero(index: GraphIndex, name: str, depth: int = 0) -> bool:
+    """Whether ``name`` is all zeros by construction (a zero constant, ConstantOfShape(0), their reshapes)."""
+    if not name or depth > 32:
+        return False
+    if not _cone_inputs(index, name):  # a constant: evaluate it
+        try:
+            return bool(np.all(resolve(index.model, name) == 0))
+        except Exception:  # noqa: BLE001 - a constant onnx's evaluator cannot fold is just "not known zero"
+            return False
+    producer = index.producers.get(name)
+    if producer is None:  # a model input
+        return False
+    if producer.op_type == "ConstantOfShape":
+        value = _attribute(producer, "value")
+        return value is None or bool(np.all(numpy_helper.to_array(value) == 0))
+    if producer.op_type in _ZERO_KEEPING:
+        return _is_zero(index, producer.input[0], depth + 1)
+    if producer.op_type == "Concat":
+        return all(_is_zero(index, item, depth + 1) for item in producer.input if item)
+    if producer.op_type == "Mul":
+        return any(_is_zero(index, item, depth + 1) for item in producer.input if item)
+    return False
+
+
+def _cone_inputs(index: GraphIndex, name: str) -> set[str]:
+    """Model inputs anywhere upstream of ``name`` (values or shapes)."""
+    found: set[str] = set()
+    stack, seen = [name], set()
+    while stack:
+        tensor = stack.pop()
+        if not tensor or tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in index.inputs:
+            found.add(tensor)
+        elif tensor in index.producers:
+            stack.extend(index.producers[tensor].input)
+    return found
+
+
+def trace_input(index: GraphIndex, name: str) -> dict[str, Any] | None:
+    """What feeds one node input: a model input, a constant, zeros, or a computation on model inputs."""
+    if not name:
+        return None
+    values: set[str] = set()  # model inputs whose values reach ``name``
+    shapes: set[str] = set()  # model inputs whose shape only reaches it
+    ops: list[str] = []
+    recurrent: list[str] = []
+    stack: list[tuple[str, bool]] = [(name, False)]
+    seen: set[tuple[str, bool]] = set()
+    while stack:
+        tensor, shape_only = stack.pop()
+        if not tensor or (tensor, shape_only) in seen:
+            continue
+        seen.add((tensor, shape_only))
+        if tensor in index.inputs:
+            (shapes if shape_only else values).add(tensor)
+            continue
+        producer = index.producers.get(tensor)
+        if producer is None:
+            continue
+        if not shape_only:
+            if producer.op_type not in ops:
+                ops.append(producer.op_type)
+            if producer.op_type in RECURRENT_OPS and producer.name not in recurrent:
+                recurrent.append(producer.name)
+        only = shape_only or producer.op_type in SHAPE_OPS
+        stack.extend((item, only) for item in producer.input)
+    record: dict[str, Any] = {"tensor": name}
+    if name in index.inputs:
+        record["kind"] = "graph_input"
+    elif values:
+        record["kind"] = "computed"
+    else:
+        record["kind"] = "zeros" if _is_zero(index, name) else ("constant" if not shapes else "computed")
+    if record["kind"] == "constant":
+        try:
+            value = resolve(index.model, name)
+            record["shape"] = list(value.shape)
+            if value.size <= SMALL_CONSTANT:
+                record["value"] = value.tolist()
+        except Exception:  # noqa: BLE001 - a constant onnx's evaluator cannot fold is still a constant
+            pass
+    record["graph_inputs"] = sorted(values)
+    record["shape_from"] = sorted(shapes - values)
+    record["via"] = list(reversed(ops))  # from the model inputs towards the node
+    record["recurrent_nodes"] = list(reversed(recurrent))
+    return record
+
+
+def trace_output(index: GraphIndex, name: str) -> dict[str, Any] | None:
+    """Which graph outputs one node output becomes, directly or through layout-only ops."""
+    if not name:
+        return None
+    reached: list[str] = []
+    via: list[str] = []
+    consumers: list[str] = []
+    stack, seen = [name], set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in index.outputs and tensor not in reached:
+            reached.append(tensor)
+        for node in index.consumers.get(tensor, []):
+            if node.op_type in LAYOUT_OPS and node.input[0] == tensor:
+                if node.op_type not in via:
+                    via.append(node.op_type)
+                stack.extend(out for out in node.output if out)
+            elif node.name not in consumers:
+                consumers.append(node.name or node.op_type)
+    return {"tensor": name, "graph_outputs": sorted(reached, key=index.outputs.index), "via": via,
+            "consumers": consumers, "used": bool(reached or consumers)}
+
+
+def node_wiring(model: onnx.ModelProto, node: onnx.NodeProto, index: GraphIndex | None = None) -> dict[str, Any]:
+    """The node's inputs and outputs as the graph wires them (``None`` for a slot left empty)."""
+    index = index or GraphIndex(model)
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    wiring: dict[str, Any] = {}
+    for slot, position in INPUT_SLOTS.items():
+        if slot == "initial_c" and node.op_type != "LSTM":
+            continue
+        wiring[slot] = trace_input(index, inputs[position])
+    for slot, position in OUTPUT_SLOTS.items():
+        if slot == "Y_c" and node.op_type != "LSTM":
+            continue
+        wiring[slot] = trace_output(index, outputs[position])
+    return wiring
+
+
+def axes(layout: int, op: str) -> dict[str, list[str]]:
+    """The meaning of each axis of X, the states and the outputs for ``layout`` (ONNX's definition)."""
+    state = ["num_directions", "batch", "hidden_size"] if layout == 0 else ["batch", "num_directions", "hidden_size"]
+    result = {
+        "X": ["seq", "batch", "input_size"] if layout == 0 else ["batch", "seq", "input_size"],
+        "sequence_lens": ["batch"],
+        "initial_h": state,
+        "Y": ["seq", "num_directions", "batch", "hidden_size"] if layout == 0
+        else ["batch", "seq", "num_directions", "hidden_size"],
+        "Y_h": state,
+    }
+    if op == "LSTM":
+        result["initial_c"] = result["Y_c"] = state
+    return result
