@@ -57,15 +57,21 @@ def _attribute(node: onnx.NodeProto, name: str) -> Any:
     return None
 
 
+def _constant(index: GraphIndex, name: str) -> np.ndarray | None:
+    """The value of a constant tensor, or None when onnx's evaluator cannot fold it."""
+    try:
+        return resolve(index.model, name)
+    except Exception:  # noqa: BLE001 - any evaluator failure only means "value unknown"
+        return None
+
+
 def _is_zero(index: GraphIndex, name: str, depth: int = 0) -> bool:
     """Whether ``name`` is all zeros by construction (a zero constant, ConstantOfShape(0), their reshapes)."""
     if not name or depth > 32:
         return False
     if not _cone_inputs(index, name):  # a constant: evaluate it
-        try:
-            return bool(np.all(resolve(index.model, name) == 0))
-        except Exception:  # noqa: BLE001 - a constant onnx's evaluator cannot fold is just "not known zero"
-            return False
+        value = _constant(index, name)
+        return value is not None and bool(np.all(value == 0))
     producer = index.producers.get(name)
     if producer is None:  # a model input
         return False
@@ -133,13 +139,11 @@ def trace_input(index: GraphIndex, name: str) -> dict[str, Any] | None:
     else:
         record["kind"] = "zeros" if _is_zero(index, name) else ("constant" if not shapes else "computed")
     if record["kind"] == "constant":
-        try:
-            value = resolve(index.model, name)
+        value = _constant(index, name)
+        if value is not None:
             record["shape"] = list(value.shape)
             if value.size <= SMALL_CONSTANT:
                 record["value"] = value.tolist()
-        except Exception:  # noqa: BLE001 - a constant onnx's evaluator cannot fold is still a constant
-            pass
     record["graph_inputs"] = sorted(values)
     record["shape_from"] = sorted(shapes - values)
     record["via"] = list(reversed(ops))  # from the model inputs towards the node
