@@ -78,13 +78,13 @@ def _gate_lines(node: dict[str, Any], index: int, split: dict[str, Any]) -> list
         source_gate = parts["source_gate"]
         if source_gate is not None and source_gate in order:
             k = order.index(source_gate)
-            origin = f" <- source gate {source_gate} ({_ORDINAL.get(k + 1, f'{k + 1}th')} of {', '.join(order)})"
+            origin = f" <- {_ORDINAL.get(k + 1, f'{k + 1}th')} source gate of {', '.join(order)}"
             # Per-direction roles name row-stacked variables (e.g. PyTorch weight_ih_l0): give their rows.
             sliced = [f"{role.split('.', 1)[1]} = {name}[{k * hidden}:{(k + 1) * hidden}]"
                       for role, name in mine.items() if role.split(".", 1)[1] in ("W", "R", "Wb", "Rb")]
             if sliced:
                 origin += ": " + ", ".join(sliced)
-        lines.append(f"  [{direction}] gate {gate}: {where}{origin}")
+        lines.append(f"  [{direction}] gate {gate} (source gate {source_gate}): {where}{origin}")
         for part in ("W", "R", "Wb", "Rb"):
             text = np.array2string(parts[part]).replace("\n", "\n      ")
             lines.append(f"    {part} {list(parts[part].shape)}:\n      {text}")

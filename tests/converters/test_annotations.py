@@ -112,7 +112,8 @@ def test_npz_and_text_writers() -> None:
     assert archive["lstm0/forward/i/W"].shape == (4, 3)
     assert archive["lstm0/reverse/peepholes/f"].shape == (4,)
     text = gates.write(model, fmt="text").decode()
-    assert "[reverse] gate c: W[1, 12:16] R[1, 12:16] Wb=B[1, 12:16] Rb=B[1, 28:32] <- source gate g (3rd of i, f, g, o)" in text
+    assert ("[reverse] gate c (source gate g): W[1, 12:16] R[1, 12:16] Wb=B[1, 12:16] Rb=B[1, 28:32] "
+            "<- 3rd source gate of i, f, g, o") in text
     assert "folded {'forget_bias': 1.0}" in text
     with pytest.raises(ValueError, match="unknown gates format 'csv'"):
         gates.write(model, fmt="csv")
