@@ -124,7 +124,7 @@ def trace_input(index: GraphIndex, name: str) -> dict[str, Any] | None:
         producer = index.producers.get(tensor)
         if producer is None:
             continue
-        if not shape_only:
+        if not shape_only and producer.op_type != "Constant":
             if producer.op_type not in ops:
                 ops.append(producer.op_type)
             if producer.op_type in RECURRENT_OPS and producer.name not in recurrent:

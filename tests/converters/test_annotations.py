@@ -18,7 +18,9 @@ from converters.annotations import (
     annotate_recurrent_node,
     node_annotation,
     read_annotations,
+    refresh_annotations,
     validate,
+    validate_model,
 )
 from converters.parity import run_onnx
 from converters.weights import NotConstantError, resolve
@@ -152,3 +154,110 @@ def test_annotating_raises_ir_version_to_carry_node_metadata() -> None:
     assert model.ir_version == 10
     onnx.checker.check_model(model)
     assert node_annotation(onnx.load_from_string(model.SerializeToString()).graph.node[0]) is not None
+
+
+def _masked_gru() -> onnx.ModelProto:
+    """A Keras-style masked GRU: tokens -> embedding -> X; lengths = sum(tokens != 0); zero initial state
+    sized from the batch; Y_h -> Squeeze -> graph output, Y -> Transpose -> Squeeze -> graph output."""
+    h = onnx.helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in (
+        ("emb", (10, 3)), ("W", (1, 12, 3)), ("R", (1, 12, 4)), ("B", (1, 24)))]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (
+        ("zero", 0), ("axis1", [1]), ("axis0", [0]), ("one", [1]), ("hidden", [4]), ("start", [0]), ("stop", [1]))]
+    nodes = [
+        h.make_node("Gather", ["emb", "tokens"], ["embedded"]),
+        h.make_node("Transpose", ["embedded"], ["x"], perm=[1, 0, 2]),
+        h.make_node("Not", ["is_pad"], ["mask"]),
+        h.make_node("Equal", ["tokens", "zero"], ["is_pad"]),
+        h.make_node("Cast", ["mask"], ["mask_int"], to=onnx.TensorProto.INT32),
+        h.make_node("ReduceSum", ["mask_int", "axis1"], ["lens"], keepdims=0),
+        h.make_node("Shape", ["tokens"], ["tokens_shape"]),
+        h.make_node("Slice", ["tokens_shape", "start", "stop"], ["batch"]),
+        h.make_node("Concat", ["one", "batch", "hidden"], ["state_shape"], axis=0),
+        h.make_node("ConstantOfShape", ["state_shape"], ["h0"]),
+        h.make_node("GRU", ["x", "W", "R", "B", "lens", "h0"], ["y", "y_h"], name="masked_gru", hidden_size=4,
+                    linear_before_reset=1),
+        h.make_node("Squeeze", ["y_h", "axis0"], ["last_state"]),
+        h.make_node("Transpose", ["y"], ["y_bt"], perm=[2, 0, 1, 3]),
+        h.make_node("Squeeze", ["y_bt", "axis1"], ["sequence"]),
+        h.make_node("Relu", ["last_state"], ["relu_state"], name="head"),
+    ]
+    nodes = nodes[:2] + [nodes[3], nodes[2]] + nodes[4:]
+    graph = h.make_graph(nodes, "masked", [h.make_tensor_value_info("tokens", onnx.TensorProto.INT64, ["b", "t"])],
+                         [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("sequence", "last_state",
+                                                                                              "relu_state")], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+GRU_SOURCE = {"framework": "keras", "layer": "gru", "variables": {}, "source_gate_order": ("z", "r", "h"),
+              "gate_map": {"z": "z", "r": "r", "h": "h"}}
+
+
+def test_wiring_traces_mask_lengths_zero_state_and_outputs_from_the_graph() -> None:
+    model = _masked_gru()
+    node = model.graph.node[10]
+    entry = annotate_recurrent_node(model, node, **GRU_SOURCE,  # type: ignore[arg-type]
+                                    source_wiring={"sequence_lens": "mask of input 'tokens' (Embedding mask_zero)"})
+    assert entry["schema_version"] == 2
+    wiring = entry["wiring"]
+    assert wiring["X"]["kind"] == "computed" and wiring["X"]["graph_inputs"] == ["tokens"]
+    lens = wiring["sequence_lens"]
+    assert (lens["tensor"], lens["kind"], lens["graph_inputs"]) == ("lens", "computed", ["tokens"])
+    assert lens["via"] == ["Equal", "Not", "Cast", "ReduceSum"]
+    state = wiring["initial_h"]
+    assert (state["kind"], state["graph_inputs"], state["shape_from"]) == ("zeros", [], ["tokens"])
+    assert wiring["Y"] == {"tensor": "y", "graph_outputs": ["sequence"], "via": ["Transpose", "Squeeze"],
+                           "consumers": [], "used": True}
+    assert wiring["Y_h"]["graph_outputs"] == ["last_state"] and wiring["Y_h"]["consumers"] == ["head"]
+    assert entry["axes"]["X"] == ["seq", "batch", "input_size"]
+    assert entry["source"]["wiring"]["sequence_lens"].startswith("mask of input")
+    text = gates.to_text(model)
+    assert "  sequence_lens [batch]: 'lens', computed from model input 'tokens' via Equal, Not, Cast, ReduceSum  " \
+           "(converter: mask of input 'tokens' (Embedding mask_zero))" in text
+    assert "  initial_h [num_directions, batch, hidden_size]: zeros ('h0', sized from model input 'tokens')" in text
+    assert "  Y [seq, num_directions, batch, hidden_size]: 'y' -> graph output 'sequence' via Transpose, Squeeze" in text
+    assert json.loads(gates.to_json(model))["nodes"][0]["wiring"]["sequence_lens"]["graph_inputs"] == ["tokens"]
+    archive = np.load(io.BytesIO(gates.write(model, fmt="npz")))
+    assert json.loads(str(archive["masked_gru/wiring"]))["initial_h"]["kind"] == "zeros"
+
+
+def test_source_wiring_must_name_wired_slots() -> None:
+    model = recurrent_model("GRU")
+    with pytest.raises(AnnotationError, match="describes sequence_lens .* but the node has no sequence_lens"):
+        annotate_recurrent_node(model, model.graph.node[0], **GRU_SOURCE,  # type: ignore[arg-type]
+                                source_wiring={"sequence_lens": "mask"})
+    with pytest.raises(AnnotationError, match="names slot 'initial_c'"):
+        annotate_recurrent_node(model, model.graph.node[0], **GRU_SOURCE,  # type: ignore[arg-type]
+                                source_wiring={"initial_c": "encoder c"})
+
+
+def test_stale_wiring_is_named_and_refreshed() -> None:
+    model = recurrent_model("LSTM", with_initial_state=True)
+    node = model.graph.node[0]
+    annotate_recurrent_node(model, node, framework="pytorch", layer="lstm", variables={}, **TORCH_LSTM)  # type: ignore[arg-type]
+    assert validate_model(model)[0]["wiring"]["initial_c"]["kind"] == "graph_input"
+    node.input[6] = "c_zero"  # a converter rewires after annotating
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 1, 4), np.float32), "c_zero"))
+    with pytest.raises(AnnotationError, match="field 'wiring' is stale"):
+        validate_model(model)
+    (entry,) = refresh_annotations(model)
+    assert entry["wiring"]["initial_c"]["kind"] == "zeros" and entry["source"]["layer"] == "lstm"
+    assert validate_model(model) == [entry] == read_annotations(model)
+
+
+def test_schema_1_entries_are_still_read() -> None:
+    model, entry = _annotated_lstm()
+    old = {key: value for key, value in entry.items() if key not in ("wiring", "axes")}
+    old["schema_version"] = 1
+    del old["source"]["wiring"]
+    validate(old, model=model, node=model.graph.node[0])
+    for prop in [*model.metadata_props, *model.graph.node[0].metadata_props]:
+        prop.value = json.dumps(old if prop.key == ANNOTATION_KEY and prop.value.startswith("{") else [old])
+    assert validate_model(model) == [old]
+    assert gates.split_gates(model)["nodes"][0]["wiring"]["X"]["tensor"] == "x"  # gates derive it anyway
+    assert refresh_annotations(model)[0]["schema_version"] == 2
+    with pytest.raises(AnnotationError, match="schema_version 7"):
+        validate({**old, "schema_version": 7})

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from converters.annotations import describe_node
 from converters.parity import run_onnx
 from converters.reference import intermediates, run_reference
 from tests.converters.helpers import recurrent_model
@@ -167,3 +168,10 @@ def test_reference_runs_a_packed_sequence_lstm_export(packed_lstm: onnx.ModelPro
     assert sorted(reference) == sorted(actual)
     for name, value in actual.items():
         np.testing.assert_allclose(reference[name], value, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_packed_sequence_wiring_names_the_lengths_and_state_inputs(packed_lstm: onnx.ModelProto) -> None:
+    (node,) = [n for n in packed_lstm.graph.node if n.op_type == "LSTM"]
+    wiring = describe_node(packed_lstm, node)["wiring"]
+    assert wiring["sequence_lens"]["kind"] == "computed" and wiring["sequence_lens"]["graph_inputs"] == ["lengths"]
+    assert "h0" in wiring["initial_h"]["graph_inputs"] and "c0" in wiring["initial_c"]["graph_inputs"]
