@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -261,3 +262,16 @@ def test_schema_1_entries_are_still_read() -> None:
     assert refresh_annotations(model)[0]["schema_version"] == 2
     with pytest.raises(AnnotationError, match="schema_version 7"):
         validate({**old, "schema_version": 7})
+
+
+def test_readme_gates_sample_is_what_the_command_prints() -> None:
+    """README's `gates --format text` sample (the bundled TF BasicLSTMCell example) line for line."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    sample = readme.split("modelbridge gates lstm.onnx --format text\n", 1)[1].split("\n# --format json", 1)[0]
+    shown = [line.removeprefix("#   ") for line in sample.splitlines() if line != "#   ..."]
+    assert len(shown) > 10
+    model = onnx.load(root / "server" / "examples" / "repository" / "tf_basic_lstm" / "1" / "model.onnx")
+    printed = gates.to_text(model).splitlines()
+    missing = [line for line in shown if line not in printed]
+    assert not missing, f"README shows lines `gates --format text` does not print: {missing}"
