@@ -295,3 +295,35 @@ def test_every_repository_model_validates_against_its_graph() -> None:
         for split in gates.split_gates(model)["nodes"]:
             assert split["wiring"]["X"]["graph_inputs"], f"{path}: X of {split['node']} traced to no model input"
     assert checked >= 5
+
+
+def test_wiring_of_an_encoder_state_feeding_a_decoder() -> None:
+    """seq2seq: the decoder's initial_h is the encoder's Y_h; each side names the other and the model inputs."""
+    h = onnx.helper
+    rng = np.random.default_rng(1)
+    inits = []
+    for name in ("enc", "dec"):
+        inits += [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), f"{name}.{k}")
+                  for k, s in (("W", (1, 12, 3)), ("R", (1, 12, 4)), ("B", (1, 24)))]
+    nodes = [
+        h.make_node("GRU", ["source", "enc.W", "enc.R", "enc.B", "", ""], ["", "enc_h"], name="enc", hidden_size=4),
+        h.make_node("Identity", ["enc_h"], ["enc_state"]),
+        h.make_node("GRU", ["target", "dec.W", "dec.R", "dec.B", "", "enc_state"], ["dec_y"], name="dec", hidden_size=4),
+    ]
+    graph = h.make_graph(nodes, "seq2seq", [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["t", "b", 3])
+                                             for n in ("source", "target")],
+                         [h.make_tensor_value_info("dec_y", onnx.TensorProto.FLOAT, None),
+                          h.make_tensor_value_info("enc_state", onnx.TensorProto.FLOAT, None)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    for node in model.graph.node[::2]:
+        annotate_recurrent_node(model, node, **GRU_SOURCE,  # type: ignore[arg-type]
+                                source_wiring={"initial_h": "encoder state"} if node.name == "dec" else None)
+    encoder, decoder = validate_model(model)
+    assert encoder["wiring"]["Y"] is None and encoder["wiring"]["initial_h"] is None
+    assert encoder["wiring"]["Y_h"] == {"tensor": "enc_h", "graph_outputs": ["enc_state"], "via": ["Identity"],
+                                        "consumers": ["dec"], "used": True}
+    state = decoder["wiring"]["initial_h"]
+    assert (state["kind"], state["graph_inputs"], state["recurrent_nodes"]) == ("computed", ["source"], ["enc"])
+    assert decoder["wiring"]["X"]["kind"] == "graph_input" and decoder["wiring"]["Y_h"] is None
+    assert "  initial_h [num_directions, batch, hidden_size]: 'enc_state', computed from model input 'source' via GRU, " \
+           "Identity (output of recurrent node 'enc')  (converter: encoder state)" in gates.to_text(model)
