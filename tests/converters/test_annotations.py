@@ -6,6 +6,7 @@ import copy
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,11 +29,11 @@ from converters.parity import run_onnx
 from converters.weights import NotConstantError, resolve
 from tests.converters.helpers import recurrent_model
 
-TORCH_LSTM = {"source_gate_order": ("i", "f", "g", "o"), "gate_map": {"i": "i", "f": "f", "g": "c", "o": "o"}}
+TORCH_LSTM: dict[str, Any] = {"source_gate_order": ("i", "f", "g", "o"), "gate_map": {"i": "i", "f": "f", "g": "c", "o": "o"}}
 
 
-def _annotated_lstm(**options: object) -> tuple[onnx.ModelProto, dict]:
-    model = recurrent_model("LSTM", direction="bidirectional", peepholes=True, **options)  # type: ignore[arg-type]
+def _annotated_lstm(**options: Any) -> tuple[onnx.ModelProto, dict]:
+    model = recurrent_model("LSTM", direction="bidirectional", peepholes=True, **options)
     entry = annotate_recurrent_node(
         model, model.graph.node[0], framework="pytorch", layer="encoder", variables={"forward.W": "w_ih"},
         folded={"forget_bias": 1.0}, notes="test", **TORCH_LSTM,
@@ -194,14 +195,14 @@ def _masked_gru() -> onnx.ModelProto:
     return model
 
 
-GRU_SOURCE = {"framework": "keras", "layer": "gru", "variables": {}, "source_gate_order": ("z", "r", "h"),
+GRU_SOURCE: dict[str, Any] = {"framework": "keras", "layer": "gru", "variables": {}, "source_gate_order": ("z", "r", "h"),
               "gate_map": {"z": "z", "r": "r", "h": "h"}}
 
 
 def test_wiring_traces_mask_lengths_zero_state_and_outputs_from_the_graph() -> None:
     model = _masked_gru()
     node = model.graph.node[10]
-    entry = annotate_recurrent_node(model, node, **GRU_SOURCE,  # type: ignore[arg-type]
+    entry = annotate_recurrent_node(model, node, **GRU_SOURCE,
                                     source_wiring={"sequence_lens": "mask of input 'tokens' (Embedding mask_zero)"})
     assert entry["schema_version"] == 2
     wiring = entry["wiring"]
@@ -229,17 +230,17 @@ def test_wiring_traces_mask_lengths_zero_state_and_outputs_from_the_graph() -> N
 def test_source_wiring_must_name_wired_slots() -> None:
     model = recurrent_model("GRU")
     with pytest.raises(AnnotationError, match="describes sequence_lens .* but the node has no sequence_lens"):
-        annotate_recurrent_node(model, model.graph.node[0], **GRU_SOURCE,  # type: ignore[arg-type]
+        annotate_recurrent_node(model, model.graph.node[0], **GRU_SOURCE,
                                 source_wiring={"sequence_lens": "mask"})
     with pytest.raises(AnnotationError, match="names slot 'initial_c'"):
-        annotate_recurrent_node(model, model.graph.node[0], **GRU_SOURCE,  # type: ignore[arg-type]
+        annotate_recurrent_node(model, model.graph.node[0], **GRU_SOURCE,
                                 source_wiring={"initial_c": "encoder c"})
 
 
 def test_stale_wiring_is_named_and_refreshed() -> None:
     model = recurrent_model("LSTM", with_initial_state=True)
     node = model.graph.node[0]
-    annotate_recurrent_node(model, node, framework="pytorch", layer="lstm", variables={}, **TORCH_LSTM)  # type: ignore[arg-type]
+    annotate_recurrent_node(model, node, framework="pytorch", layer="lstm", variables={}, **TORCH_LSTM)
     assert validate_model(model)[0]["wiring"]["initial_c"]["kind"] == "graph_input"
     node.input[6] = "c_zero"  # a converter rewires after annotating
     model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 1, 4), np.float32), "c_zero"))
@@ -316,7 +317,7 @@ def test_wiring_of_an_encoder_state_feeding_a_decoder() -> None:
                           h.make_tensor_value_info("enc_state", onnx.TensorProto.FLOAT, None)], inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     for node in model.graph.node[::2]:
-        annotate_recurrent_node(model, node, **GRU_SOURCE,  # type: ignore[arg-type]
+        annotate_recurrent_node(model, node, **GRU_SOURCE,
                                 source_wiring={"initial_h": "encoder state"} if node.name == "dec" else None)
     encoder, decoder = validate_model(model)
     assert encoder["wiring"]["Y"] is None and encoder["wiring"]["initial_h"] is None

@@ -16,7 +16,7 @@ from converters.parity import run_onnx
 from converters.reference import intermediates, run_reference
 from tests.converters.helpers import recurrent_model
 
-CASES = {
+CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lstm": ("LSTM", {}, {}),
     "lstm-bidirectional-peepholes": ("LSTM", {"direction": "bidirectional", "peepholes": True}, {}),
     "lstm-clip-input-forget": ("LSTM", {}, {"clip": 0.7, "input_forget": 1}),
@@ -78,7 +78,7 @@ def _wired_model(op: str, *, layout: int, linear_before_reset: int = 0) -> onnx.
     inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32) * 0.6, name) for name, shape in (
         ("W", (2, gates * hidden, size)), ("R", (2, gates * hidden, hidden)), ("B", (2, 2 * gates * hidden)))]
     seq, batch = ("seq", "batch") if layout == 0 else ("batch", "seq")
-    state = [2, "batch", hidden] if layout == 0 else ["batch", 2, hidden]
+    state: list[str | int] = [2, "batch", hidden] if layout == 0 else ["batch", 2, hidden]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, size]),
               helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info("h0", TensorProto.FLOAT, state)]
@@ -87,7 +87,7 @@ def _wired_model(op: str, *, layout: int, linear_before_reset: int = 0) -> onnx.
         inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, state))
         names.append("c0")
         outputs.append("y_c")
-    attributes: dict[str, object] = {"hidden_size": hidden, "direction": "bidirectional", "layout": layout}
+    attributes: dict[str, Any] = {"hidden_size": hidden, "direction": "bidirectional", "layout": layout}
     if op == "GRU":
         attributes["linear_before_reset"] = linear_before_reset
     node = helper.make_node(op, names, outputs, name=f"{op.lower()}_wired", **attributes)
@@ -161,7 +161,7 @@ def test_reference_runs_a_packed_sequence_lstm_export(packed_lstm: onnx.ModelPro
     (node,) = [n for n in packed_lstm.graph.node if n.op_type == "LSTM"]
     assert node.input[4] and node.input[5] and node.input[6], "the export no longer feeds sequence_lens and states"
     rng = np.random.default_rng(4)
-    feeds = {"x": rng.normal(size=(3, 5, 3)).astype(np.float32), "lengths": np.array([2, 5, 3], np.int64),
+    feeds: dict[str, np.ndarray] = {"x": rng.normal(size=(3, 5, 3)).astype(np.float32), "lengths": np.array([2, 5, 3], np.int64),
              "h0": rng.normal(size=(2, 3, 4)).astype(np.float32), "c0": rng.normal(size=(2, 3, 4)).astype(np.float32)}
     reference = run_reference(packed_lstm, feeds)
     actual = intermediates(packed_lstm, feeds, [name for name in node.output if name])
