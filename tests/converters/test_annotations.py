@@ -328,3 +328,17 @@ def test_wiring_of_an_encoder_state_feeding_a_decoder() -> None:
     assert decoder["wiring"]["X"]["kind"] == "graph_input" and decoder["wiring"]["Y_h"] is None
     assert "  initial_h [num_directions, batch, hidden_size]: 'enc_state', computed from model input 'source' via GRU, " \
            "Identity (output of recurrent node 'enc')  (converter: encoder state)" in gates.to_text(model)
+
+
+def test_wiring_of_constant_lengths_and_state() -> None:
+    model = recurrent_model("RNN", with_sequence_lens=True, with_initial_state=True)
+    del model.graph.input[1:]  # lens and h0 become constants
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([3, 1], np.int32), "lens"),
+                                    numpy_helper.from_array(np.full((1, 2, 4), 0.5, np.float32), "h0")])
+    wiring = annotate_recurrent_node(model, model.graph.node[0], framework="tensorflow", layer="rnn", variables={},
+                                     source_gate_order=("h",), gate_map={"h": "i"},
+                                     source_wiring={"sequence_lens": "sequence_length=[3, 1]"})["wiring"]
+    assert wiring["sequence_lens"] == {"tensor": "lens", "kind": "constant", "shape": [2], "value": [3, 1],
+                                       "graph_inputs": [], "shape_from": [], "via": [], "recurrent_nodes": []}
+    assert wiring["initial_h"]["kind"] == "constant" and wiring["initial_h"]["value"] == [[[0.5] * 4] * 2]
+    assert "  sequence_lens [batch]: constant 'lens' = [3, 1]  (converter: sequence_length=[3, 1])" in gates.to_text(model)
