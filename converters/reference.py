@@ -102,7 +102,8 @@ def reference_lstm(
         live = (t < lengths)[:, None]
         h, c = np.where(live, h_new, h), np.where(live, c_new, c)
         y[t] = np.where(live, h_new, 0.0)
-    return y, h, c
+    empty = (lengths == 0)[:, None]  # onnxruntime: a zero-length sequence ends in zero state, not h0/c0
+    return y, np.where(empty, 0.0, h), np.where(empty, 0.0, c)
 
 
 def reference_gru(
@@ -137,7 +138,7 @@ def reference_gru(
         live = (t < lengths)[:, None]
         h = np.where(live, h_new, h)
         y[t] = np.where(live, h_new, 0.0)
-    return y, h
+    return y, np.where((lengths == 0)[:, None], 0.0, h)
 
 
 def reference_rnn(
@@ -162,7 +163,7 @@ def reference_rnn(
         live = (t < lengths)[:, None]
         h = np.where(live, h_new, h)
         y[t] = np.where(live, h_new, 0.0)
-    return y, h
+    return y, np.where((lengths == 0)[:, None], 0.0, h)
 
 
 def intermediates(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:

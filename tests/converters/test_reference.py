@@ -175,3 +175,17 @@ def test_packed_sequence_wiring_names_the_lengths_and_state_inputs(packed_lstm: 
     wiring = describe_node(packed_lstm, node)["wiring"]
     assert wiring["sequence_lens"]["kind"] == "computed" and wiring["sequence_lens"]["graph_inputs"] == ["lengths"]
     assert "h0" in wiring["initial_h"]["graph_inputs"] and "c0" in wiring["initial_c"]["graph_inputs"]
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_a_zero_length_sequence_ends_in_zero_state_like_onnxruntime(op: str) -> None:
+    model = recurrent_model(op, direction="bidirectional", with_sequence_lens=True, with_initial_state=True)
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.normal(size=(4, 2, 3)).astype(np.float32), "lens": np.array([0, 3], np.int32),
+             "h0": rng.normal(size=(2, 2, 4)).astype(np.float32)}
+    if op == "LSTM":
+        feeds["c0"] = rng.normal(size=(2, 2, 4)).astype(np.float32)
+    expected, reference = run_onnx(model, feeds), run_reference(model, feeds)
+    for name, value in expected.items():
+        np.testing.assert_allclose(reference[name], value, atol=1e-5, rtol=0, err_msg=f"{op}: {name}")
+    assert np.all(reference["y_h"][:, 0] == 0) and np.any(feeds["h0"][:, 0] != 0)

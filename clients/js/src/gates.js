@@ -180,6 +180,7 @@ export function runRecurrentNode(node, x, { seqLength, batchSize = 1, initialH =
         else h = stepRNN(gates, acts[d], clip, x, xo, h, H);
         Y.set(h, yAt(t, d, b));
       }
+      if (n === 0) continue; // like onnxruntime: a zero-length sequence ends in zero state, not the initial one
       Yh.set(h, o);
       if (Yc) Yc.set(c, o);
     }

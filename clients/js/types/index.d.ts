@@ -241,7 +241,7 @@ export interface RecurrentShape {
   /** flat [directions, batch, hidden] (layout 0) or [batch, directions, hidden] (layout 1); zeros when omitted */
   initialH?: ArrayLike<number>;
   initialC?: ArrayLike<number>;
-  /** each batch item's length (ONNX sequence_lens): Y is zero past it, Y_h/Y_c hold its last valid step */
+  /** each batch item's length (ONNX sequence_lens): Y is zero past it, Y_h/Y_c hold its last valid step (zeros for length 0, like onnxruntime) */
   seqLens?: ArrayLike<number | bigint>;
   /** 0: time-major (x [seq, batch, input]); 1: batch-major (x [batch, seq, input]). Default: the node's layout, else 0 */
   layout?: 0 | 1;
