@@ -17,7 +17,7 @@ import onnx
 
 from converters.parity import set_metadata
 from converters.weights import NotConstantError, resolve
-from converters.wiring import INPUT_SLOTS, OUTPUT_SLOTS, GraphIndex, axes, node_wiring
+from converters.wiring import AnnotationError, GraphIndex, axes, check_wiring, node_wiring
 
 ANNOTATION_KEY = "modelbridge.recurrent"
 SCHEMA_VERSION = 2
@@ -31,10 +31,6 @@ DEFAULT_ACTIVATIONS: dict[str, tuple[str, ...]] = {
 }
 PEEPHOLE_ORDER = ("i", "o", "f")
 _DIRECTIONS = {"forward": ["forward"], "reverse": ["reverse"], "bidirectional": ["forward", "reverse"]}
-
-
-class AnnotationError(ValueError):
-    """An annotation entry that does not match the schema or its node."""
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -241,44 +237,6 @@ def _check_range(where: str, value: Any, start: int, stop: int) -> None:
         raise AnnotationError(f"{where} is {value!r}, expected [{start}, {stop}]")
 
 
-_INPUT_KINDS = ("graph_input", "constant", "zeros", "computed")
-_INPUT_RECORD = {"tensor": str, "kind": str, "graph_inputs": list, "shape_from": list, "via": list,
-                 "recurrent_nodes": list}
-_OUTPUT_RECORD = {"tensor": str, "graph_outputs": list, "via": list, "consumers": list, "used": bool}
-
-
-def _validate_wiring(name: str, op: str, entry: dict[str, Any]) -> None:
-    wiring = entry.get("wiring")
-    if not isinstance(wiring, dict):
-        raise AnnotationError(f"{name}: annotation field 'wiring' missing or not a dict (schema {SCHEMA_VERSION})")
-    slots = [slot for slot in (*INPUT_SLOTS, *OUTPUT_SLOTS) if op == "LSTM" or slot not in ("initial_c", "Y_c")]
-    if sorted(wiring) != sorted(slots):
-        raise AnnotationError(f"{name}: wiring slots {sorted(wiring)} != {sorted(slots)} for {op}")
-    for slot in slots:
-        record = wiring[slot]
-        if record is None:
-            if slot == "X":
-                raise AnnotationError(f"{name}: wiring X is null; X is a required input")
-            continue
-        shape = _INPUT_RECORD if slot in INPUT_SLOTS else _OUTPUT_RECORD
-        for key, kind in shape.items():
-            if not isinstance(record.get(key), kind):
-                raise AnnotationError(f"{name}: wiring {slot}.{key} missing or not a {kind.__name__}")
-        if slot in INPUT_SLOTS and record["kind"] not in _INPUT_KINDS:
-            raise AnnotationError(f"{name}: wiring {slot}.kind {record['kind']!r} is not one of {list(_INPUT_KINDS)}")
-        if slot in INPUT_SLOTS and record["kind"] == "graph_input" and record["graph_inputs"] != [record["tensor"]]:
-            raise AnnotationError(f"{name}: wiring {slot} is graph input {record['tensor']!r} but names "
-                                  f"graph_inputs {record['graph_inputs']}")
-    told = entry["source"].get("wiring", {})
-    if not isinstance(told, dict):
-        raise AnnotationError(f"{name}: source field 'wiring' is not a dict")
-    for slot in told:
-        if slot not in wiring:
-            raise AnnotationError(f"{name}: source wiring names slot {slot!r}; {op} has {slots}")
-        if wiring[slot] is None:
-            raise AnnotationError(f"{name}: source wiring describes {slot} ({told[slot]!r}) but the node has no {slot}")
-
-
 def validate(entry: dict[str, Any], *, model: onnx.ModelProto | None = None, node: onnx.NodeProto | None = None) -> None:
     """Raise AnnotationError naming the first thing in ``entry`` that breaks the schema.
 
@@ -328,7 +286,7 @@ def validate(entry: dict[str, Any], *, model: onnx.ModelProto | None = None, nod
             if rows[gate].get("source_gate") != by_onnx[gate]:
                 raise AnnotationError(f"{where}: source_gate {rows[gate].get('source_gate')!r} != {by_onnx[gate]!r}")
     if version >= 2:
-        _validate_wiring(name, op, entry)
+        check_wiring(name, op, entry.get("wiring"), entry["source"].get("wiring", {}))
     if model is not None and node is not None:
         _validate_against(entry, model, node)
 

@@ -30,6 +30,10 @@ OUTPUT_SLOTS = {"Y": 0, "Y_h": 1, "Y_c": 2}
 SMALL_CONSTANT = 64  # constants up to this many values are written out in full
 
 
+class AnnotationError(ValueError):
+    """An annotation entry (or its wiring) that does not match the schema or its node."""
+
+
 class GraphIndex:
     """Producers, consumers, model inputs and outputs of one graph, computed once."""
 
@@ -208,3 +212,41 @@ def axes(layout: int, op: str) -> dict[str, list[str]]:
     if op == "LSTM":
         result["initial_c"] = result["Y_c"] = state
     return result
+
+
+_INPUT_KINDS = ("graph_input", "constant", "zeros", "computed")
+_INPUT_RECORD = {"tensor": str, "kind": str, "graph_inputs": list, "shape_from": list, "via": list,
+                 "recurrent_nodes": list}
+_OUTPUT_RECORD = {"tensor": str, "graph_outputs": list, "via": list, "consumers": list, "used": bool}
+
+
+def check_wiring(name: str, op: str, wiring: Any, told: Any) -> None:
+    """Raise AnnotationError unless ``wiring`` is a well-formed wiring of an ``op`` node and the converter's
+    own account (``told``, keyed by slot) names only slots the node wires."""
+    if not isinstance(wiring, dict):
+        raise AnnotationError(f"{name}: annotation field 'wiring' missing or not a dict")
+    slots = [slot for slot in (*INPUT_SLOTS, *OUTPUT_SLOTS) if op == "LSTM" or slot not in ("initial_c", "Y_c")]
+    if sorted(wiring) != sorted(slots):
+        raise AnnotationError(f"{name}: wiring slots {sorted(wiring)} != {sorted(slots)} for {op}")
+    for slot in slots:
+        record = wiring[slot]
+        if record is None:
+            if slot == "X":
+                raise AnnotationError(f"{name}: wiring X is null; X is a required input")
+            continue
+        shape = _INPUT_RECORD if slot in INPUT_SLOTS else _OUTPUT_RECORD
+        for key, kind in shape.items():
+            if not isinstance(record.get(key), kind):
+                raise AnnotationError(f"{name}: wiring {slot}.{key} missing or not a {kind.__name__}")
+        if slot in INPUT_SLOTS and record["kind"] not in _INPUT_KINDS:
+            raise AnnotationError(f"{name}: wiring {slot}.kind {record['kind']!r} is not one of {list(_INPUT_KINDS)}")
+        if slot in INPUT_SLOTS and record["kind"] == "graph_input" and record["graph_inputs"] != [record["tensor"]]:
+            raise AnnotationError(f"{name}: wiring {slot} is graph input {record['tensor']!r} but names "
+                                  f"graph_inputs {record['graph_inputs']}")
+    if not isinstance(told, dict):
+        raise AnnotationError(f"{name}: source field 'wiring' is not a dict")
+    for slot in told:
+        if slot not in wiring:
+            raise AnnotationError(f"{name}: source wiring names slot {slot!r}; {op} has {slots}")
+        if wiring[slot] is None:
+            raise AnnotationError(f"{name}: source wiring describes {slot} ({told[slot]!r}) but the node has no {slot}")
