@@ -4,6 +4,8 @@ numpy + onnx only: the server imports this module for ``GET /v2/models/{m}/gates
 is the JSON documented in docs/annotations.md:
 
     {"nodes": [{"node", "op", "hidden_size", "input_size", "activations", ...,
+                "wiring": {"X", "sequence_lens", "initial_h", "initial_c"?, "Y", "Y_h", "Y_c"?},
+                "axes": {...}, "rows": {...},
                 "directions": [{"direction": "forward", "gates": {"i": {"W", "R", "Wb", "Rb",
                                 "source_gate"}}, "peepholes"?: {"i", "o", "f"}}],
                 "source": {...} | null}]}
@@ -24,17 +26,17 @@ import onnx
 from converters.annotations import (
     GATE_ORDERS,
     PEEPHOLE_ORDER,
+    annotation_of,
     describe_node,
-    node_annotation,
-    read_annotations,
 )
+from converters.gates_text import to_text as render_text
 from converters.reference import reference_gru, reference_lstm, reference_rnn, run_reference
 from converters.weights import resolve, resolve_optional
 
 FORMATS = ("json", "npz", "text")
 _PASSED_THROUGH = (
     "op", "direction", "hidden_size", "input_size", "layout", "activations", "activation_alpha",
-    "activation_beta", "clip", "linear_before_reset", "input_forget", "onnx_gate_order",
+    "activation_beta", "clip", "linear_before_reset", "input_forget", "onnx_gate_order", "inputs", "axes", "wiring",
 )
 
 
@@ -44,9 +46,8 @@ def recurrent_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def split_node(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[str, Any]:
     """Per-gate numpy matrices of one node: W [H, I], R [H, H], Wb [H], Rb [H] per direction and gate."""
-    by_name = {entry.get("node"): entry for entry in read_annotations(model)}
-    annotation = node_annotation(node) or by_name.get(node.name)
-    described = describe_node(model, node)
+    annotation = annotation_of(model, node)
+    described = describe_node(model, node)  # wiring from the graph as it is now, never a stale copy
     inputs = list(node.input) + [""] * (8 - len(node.input))
     weight, recurrence = resolve(model, inputs[1]), resolve(model, inputs[2])
     hidden, gates = described["hidden_size"], GATE_ORDERS[node.op_type]
@@ -75,6 +76,7 @@ def split_node(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[str, Any]:
             split["peepholes"] = {
                 gate: peepholes[index, k * hidden:(k + 1) * hidden] for k, gate in enumerate(PEEPHOLE_ORDER)
             }
+        split["rows"] = described["gate_rows"][direction]
         directions.append(split)
     result = {"node": node.name, **{key: described[key] for key in _PASSED_THROUGH if key in described}}
     result["directions"] = directions
@@ -107,7 +109,8 @@ def to_json(model: onnx.ModelProto) -> str:
 
 
 def to_npz(model: onnx.ModelProto) -> bytes:
-    """An .npz with one array per ``<node>/<direction>/<gate>/<W|R|Wb|Rb>`` (and ``.../peepholes/<gate>``)."""
+    """An .npz with one array per ``<node>/<direction>/<gate>/<W|R|Wb|Rb>`` (and ``.../peepholes/<gate>``),
+    and ``<node>/wiring``: the wiring JSON as a string."""
     arrays: dict[str, np.ndarray] = {}
     for node in split_gates_arrays(model)["nodes"]:
         for split in node["directions"]:
@@ -117,42 +120,26 @@ def to_npz(model: onnx.ModelProto) -> bytes:
                     arrays[f"{prefix}/{gate}/{part}"] = parts[part]
             for gate, vector in split.get("peepholes", {}).items():
                 arrays[f"{prefix}/peepholes/{gate}"] = vector
+        # A unicode (not object) array: np.load reads it without allow_pickle.
+        arrays[f"{node['node']}/wiring"] = np.array(json.dumps(node["wiring"], sort_keys=True))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
 def to_text(model: onnx.ModelProto) -> str:
-    """A human-readable listing: every node, direction and gate with its matrices."""
-    lines = []
-    with np.printoptions(precision=6, suppress=True, linewidth=120, threshold=1_000_000):
-        for node in split_gates_arrays(model)["nodes"]:
-            source = node["source"] or {}
-            lines.append(
-                f"{node['node']}: {node['op']} hidden_size={node['hidden_size']} input_size={node['input_size']} "
-                f"direction={node['direction']} activations={node['activations']} clip={node['clip']}"
-            )
-            if source:
-                lines.append(
-                    f"  source: {source.get('framework')} layer {source.get('layer')!r}, gate order "
-                    f"{source.get('gate_order')}, folded {source.get('folded')}"
-                )
-            for split in node["directions"]:
-                for gate, parts in split["gates"].items():
-                    lines.append(f"  [{split['direction']}] gate {gate} (source gate {parts['source_gate']})")
-                    for part in ("W", "R", "Wb", "Rb"):
-                        text = np.array2string(parts[part]).replace("\n", "\n      ")
-                        lines.append(f"    {part} {list(parts[part].shape)}:\n      {text}")
-                for gate, vector in split.get("peepholes", {}).items():
-                    lines.append(f"  [{split['direction']}] peephole {gate}: {np.array2string(vector)}")
-    return "\n".join(lines) + "\n"
+    """A human-readable listing: every node's wiring, and per direction and gate its rows and matrices."""
+    return render_text(split_gates_arrays(model))
 
 
 def write(model: onnx.ModelProto, *, fmt: str = "json", path: str | Path | None = None) -> bytes:
     """Render the gates in ``fmt`` (json, npz or text); also write them to ``path`` when given."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown gates format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    data = to_npz(model) if fmt == "npz" else (to_json(model) if fmt == "json" else to_text(model)).encode()
+    if fmt == "npz":
+        data = to_npz(model)
+    else:
+        data = (to_json(model) if fmt == "json" else to_text(model)).encode()
     if path is not None:
         Path(path).write_bytes(data)
     return data

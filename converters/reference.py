@@ -102,7 +102,8 @@ def reference_lstm(
         live = (t < lengths)[:, None]
         h, c = np.where(live, h_new, h), np.where(live, c_new, c)
         y[t] = np.where(live, h_new, 0.0)
-    return y, h, c
+    empty = (lengths == 0)[:, None]  # onnxruntime: a zero-length sequence ends in zero state, not h0/c0
+    return y, np.where(empty, 0.0, h), np.where(empty, 0.0, c)
 
 
 def reference_gru(
@@ -137,7 +138,7 @@ def reference_gru(
         live = (t < lengths)[:, None]
         h = np.where(live, h_new, h)
         y[t] = np.where(live, h_new, 0.0)
-    return y, h
+    return y, np.where((lengths == 0)[:, None], 0.0, h)
 
 
 def reference_rnn(
@@ -162,7 +163,7 @@ def reference_rnn(
         live = (t < lengths)[:, None]
         h = np.where(live, h_new, h)
         y[t] = np.where(live, h_new, 0.0)
-    return y, h
+    return y, np.where((lengths == 0)[:, None], 0.0, h)
 
 
 def intermediates(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -173,6 +174,18 @@ def intermediates(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names
     known = {info.name: info for info in list(inferred.graph.value_info) + list(inferred.graph.output)}
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
+    # Only the nodes upstream of ``names``: a layout-1 recurrent node elsewhere (onnxruntime's CPU
+    # kernels refuse layout 1) must not stop us reading another node's inputs.
+    producers = {out: index for index, node in enumerate(model.graph.node) for out in node.output if out}
+    keep: set[int] = set()
+    stack = list(names)
+    while stack:
+        index = producers.get(stack.pop(), -1)
+        if index >= 0 and index not in keep:
+            keep.add(index)
+            stack.extend(model.graph.node[index].input)
+    del exposed.graph.node[:]
+    exposed.graph.node.extend(node for index, node in enumerate(model.graph.node) if index in keep)
     del exposed.graph.output[:]
     for name in names:
         info = known.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
@@ -201,7 +214,9 @@ def run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> di
                 resolve(model, name)
             except NotConstantError:
                 dynamic.append(name)
-    computed = intermediates(model, feeds, dynamic) if dynamic else {}
+    given = {name: np.asarray(feeds[name]) for name in dynamic if name in feeds}
+    missing = [name for name in dynamic if name not in given]
+    computed = {**given, **(intermediates(model, feeds, missing) if missing else {})}
     results: dict[str, np.ndarray] = {}
     for node in nodes:
         results.update(_run_node(model, node, split_node(model, node), computed))

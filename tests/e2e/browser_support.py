@@ -104,7 +104,6 @@ def probe_model(path: Path) -> dict[str, Any] | None:
         inputs = list(node.input) + [""] * (8 - len(node.input))
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
         assert layout == 0, f"{path}: node {node.name} has layout=1, which onnxruntime-web rejects"
-        assert not inputs[4], f"{path}: node {node.name} uses sequence_lens, not covered by the JS gates"
         keys = ["Y", "Y_h", "Y_c"][: 3 if node.op_type == "LSTM" else 2]
         while len(node.output) < len(keys):
             node.output.append("")
@@ -113,7 +112,7 @@ def probe_model(path: Path) -> dict[str, Any] | None:
                 node.output[k] = f"mb_probe_{index}_{key}"
         nodes.append({
             "index": index, "name": node.name, "op": node.op_type,
-            "x": ref(inputs[0]), "initial_h": ref(inputs[5]),
+            "x": ref(inputs[0]), "sequence_lens": ref(inputs[4]), "initial_h": ref(inputs[5]),
             "initial_c": ref(inputs[6]) if node.op_type == "LSTM" else None,
             "outputs": {key: expose(node.output[k])["output"] for k, key in enumerate(keys)},
         })

@@ -5,8 +5,8 @@
 //
 // Usage: node scripts/browser-parity.mjs JOB.json RESULT.json
 //   JOB: {url, gpu?: bool, models: [{name, device?: 'wasm'|'webgpu'|'auto', inputs: [{name, datatype, shape, data}], parameters?,
-//                        recurrent?: {onnx_b64, extra_inputs? (state tensors), nodes: [{index, x, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
-//         x / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
+//                        recurrent?: {onnx_b64, extra_inputs? (state tensors), nodes: [{index, x, sequence_lens?, initial_h, initial_c, outputs: {Y, Y_h, Y_c}}]}}],
+//         x / sequence_lens / initial_h / initial_c: {output: name in the probe model} | {input: model input} | {values, shape} | null
 //         screenshot?: {model, path}, quickstart?: '/ui/quickstart.html', keyed?: {url, key, model},
 //         pages?: [url of a page that sets #out[data-done=yes] with a JSON verdict]}
 //   64-bit integer data travels as strings.
@@ -69,7 +69,8 @@ async function inPage(model) {
       const [seqLength, batchSize] = x.shape;
       const initialH = value(spec.initial_h)?.data;
       const initialC = value(spec.initial_c)?.data;
-      const mine = runGates(doc, x.data, { node: spec.index, seqLength, batchSize, initialH, initialC });
+      const seqLens = value(spec.sequence_lens ?? null)?.data;
+      const mine = runGates(doc, x.data, { node: spec.index, seqLength, batchSize, initialH, initialC, seqLens });
       const diffs = {};
       for (const [key, name] of Object.entries(spec.outputs)) diffs[key] = maxDiff(mine[key], run.output(name).data);
       result.gates.push({ node: doc.nodes[spec.index].node, op: doc.nodes[spec.index].op, diffs });

@@ -1,5 +1,8 @@
 // A textbook LSTM / GRU / RNN that runs from the server's per-gate JSON alone (GET .../gates), with
-// ONNX semantics (layout 0: X is [seq, batch, input]; Y is [seq, directions, batch, hidden]).
+// ONNX semantics: layout 0 (time-major) X is [seq, batch, input], Y [seq, directions, batch, hidden],
+// states [directions, batch, hidden]; layout 1 (batch-major) X is [batch, seq, input], Y [batch, seq,
+// directions, hidden], states [batch, directions, hidden]. Per-sequence lengths (ONNX sequence_lens):
+// Y is zero past a sequence's length and Y_h/Y_c hold its state at its last valid step.
 // No onnxruntime: the "JavaScript version of my trained LSTM" in a few kilobytes.
 
 const sigmoid = (x) => 1 / (1 + Math.exp(-x));
@@ -100,26 +103,59 @@ function stepRNN(g, acts, clip, x, xo, h, H) {
   return pre.map((v, j) => acts[0](cl(v + rh[j])));
 }
 
+function checkedLengths(seqLens, seqLength, batchSize) {
+  if (seqLens === undefined || seqLens === null) return Array(batchSize).fill(seqLength);
+  if (seqLens.length !== batchSize) throw new RangeError(`seqLens has ${seqLens.length} values, expected one per batch item (${batchSize})`);
+  return Array.from(seqLens, (v, b) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0 || n > seqLength) throw new RangeError(`seqLens[${b}] is ${v}, expected an integer in 0..${seqLength}`);
+    return n;
+  });
+}
+
+function checkedState(name, value, count) {
+  if (value === undefined || value === null) return undefined;
+  if (value.length !== count) throw new RangeError(`${name} has ${value.length} values, expected directions x batch x hidden = ${count}`);
+  return value;
+}
+
 /**
  * Runs one recurrent node of the gates JSON.
  * @param {object} node one entry of gates.nodes
- * @param {ArrayLike<number>} x flat [seqLength, batchSize, input_size]
- * @param {{seqLength: number, batchSize?: number, initialH?: ArrayLike<number>, initialC?: ArrayLike<number>}} shape
- *   initialH/initialC are flat [directions, batch, hidden]; zeros when omitted.
- * @returns {{Y: Float32Array, Y_h: Float32Array, Y_c?: Float32Array, dims: {Y: number[], Y_h: number[]}}}
+ * @param {ArrayLike<number>} x flat X: [seqLength, batchSize, input_size] (layout 0) or [batchSize, seqLength, input_size] (layout 1)
+ * @param {{seqLength: number, batchSize?: number, initialH?: ArrayLike<number>, initialC?: ArrayLike<number>,
+ *   seqLens?: ArrayLike<number|bigint>, layout?: 0|1}} shape
+ *   initialH/initialC: flat [directions, batch, hidden] (layout 0) or [batch, directions, hidden] (layout 1); zeros when
+ *   omitted. seqLens: each batch item's length (ONNX sequence_lens); all seqLength when omitted. layout: defaults to
+ *   the node's own (0 when the JSON does not say).
+ * @returns {{Y: Float32Array, Y_h: Float32Array, Y_c?: Float32Array, dims: {Y: number[], Y_h: number[], Y_c?: number[]}}}
  */
-export function runRecurrentNode(node, x, { seqLength, batchSize = 1, initialH = undefined, initialC = undefined }) {
+export function runRecurrentNode(node, x, { seqLength, batchSize = 1, initialH = undefined, initialC = undefined,
+  seqLens = undefined, layout = undefined }) {
   const op = node.op;
   if (!GATE_KEYS[op]) throw new RangeError(`unsupported recurrent op '${op}'`);
   const H = node.hidden_size;
   const I = node.input_size;
   const D = node.directions.length;
-  if (x.length !== seqLength * batchSize * I) {
-    throw new RangeError(`x has ${x.length} values, expected seq ${seqLength} x batch ${batchSize} x input ${I}`);
+  const L = layout ?? node.layout ?? 0;
+  if (L !== 0 && L !== 1) throw new RangeError(`layout must be 0 (time-major) or 1 (batch-major), got ${layout}`);
+  if (!Number.isInteger(seqLength) || seqLength < 0 || !Number.isInteger(batchSize) || batchSize < 1) {
+    throw new RangeError(`seqLength ${seqLength} / batchSize ${batchSize} must be integers (batchSize >= 1)`);
   }
+  if (x.length !== seqLength * batchSize * I) {
+    const dims = L === 0 ? `seq ${seqLength} x batch ${batchSize}` : `batch ${batchSize} x seq ${seqLength}`;
+    throw new RangeError(`x has ${x.length} values, expected ${dims} x input ${I}`);
+  }
+  const lengths = checkedLengths(seqLens, seqLength, batchSize);
+  const h0 = checkedState('initialH', initialH, D * batchSize * H);
+  const c0 = checkedState('initialC', initialC, D * batchSize * H);
+  // Flat offsets of one (time, batch) row of X and Y, and of one (direction, batch) state, per layout.
+  const xAt = L === 0 ? (t, b) => (t * batchSize + b) * I : (t, b) => (b * seqLength + t) * I;
+  const yAt = L === 0 ? (t, d, b) => ((t * D + d) * batchSize + b) * H : (t, d, b) => ((b * seqLength + t) * D + d) * H;
+  const stateAt = L === 0 ? (d, b) => (d * batchSize + b) * H : (d, b) => (b * D + d) * H;
   const acts = activationsOf(node, D);
   const clip = node.clip ?? 0;
-  const Y = new Float32Array(seqLength * D * batchSize * H);
+  const Y = new Float32Array(seqLength * D * batchSize * H); // zeros past each sequence's length
   const Yh = new Float32Array(D * batchSize * H);
   const Yc = op === 'LSTM' ? new Float32Array(D * batchSize * H) : undefined;
   node.directions.forEach((dir, d) => {
@@ -131,23 +167,31 @@ export function runRecurrentNode(node, x, { seqLength, batchSize = 1, initialH =
       if (!gates[key]) throw new RangeError(`${op} '${node.node}' ${dir.direction}: gate '${key}' missing`);
     }
     for (let b = 0; b < batchSize; b++) {
-      const o = (d * batchSize + b) * H;
-      let h = initialH ? Float64Array.from(Array.prototype.slice.call(initialH, o, o + H)) : new Float64Array(H);
-      let c = initialC ? Float64Array.from(Array.prototype.slice.call(initialC, o, o + H)) : new Float64Array(H);
-      for (let s = 0; s < seqLength; s++) {
-        const t = reverse ? seqLength - 1 - s : s;
-        const xo = (t * batchSize + b) * I;
+      const o = stateAt(d, b);
+      const slice = (v) => Float64Array.from(Array.prototype.slice.call(v, o, o + H));
+      let h = h0 ? slice(h0) : new Float64Array(H);
+      let c = c0 ? slice(c0) : new Float64Array(H);
+      const n = lengths[b]; // a reverse direction starts at the sequence's own last step, not at seqLength - 1
+      for (let s = 0; s < n; s++) {
+        const t = reverse ? n - 1 - s : s;
+        const xo = xAt(t, b);
         if (op === 'LSTM') [h, c] = stepLSTM(gates, dir.peepholes, acts[d], clip, node.input_forget, x, xo, h, c, H);
         else if (op === 'GRU') h = stepGRU(gates, acts[d], clip, node.linear_before_reset, x, xo, h, H);
         else h = stepRNN(gates, acts[d], clip, x, xo, h, H);
-        Y.set(h, ((t * D + d) * batchSize + b) * H);
+        Y.set(h, yAt(t, d, b));
       }
+      if (n === 0) continue; // like onnxruntime: a zero-length sequence ends in zero state, not the initial one
       Yh.set(h, o);
       if (Yc) Yc.set(c, o);
     }
   });
-  const result = { Y, Y_h: Yh, dims: { Y: [seqLength, D, batchSize, H], Y_h: [D, batchSize, H] } };
-  if (Yc) result.Y_c = Yc;
+  const state = L === 0 ? [D, batchSize, H] : [batchSize, D, H];
+  const dims = { Y: L === 0 ? [seqLength, D, batchSize, H] : [batchSize, seqLength, D, H], Y_h: state };
+  const result = { Y, Y_h: Yh, dims };
+  if (Yc) {
+    result.Y_c = Yc;
+    dims.Y_c = state;
+  }
   return result;
 }
 

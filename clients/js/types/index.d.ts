@@ -63,6 +63,43 @@ export interface GatesDirection {
   direction: 'forward' | 'reverse';
   gates: Record<string, GateMatrices>;
   peepholes?: { i: number[]; o: number[]; f: number[] };
+  /** per gate: half-open row ranges [start, stop) in W[d], R[d] and B[d] (Wb first half of B, Rb second) */
+  rows?: Record<string, { W: [number, number]; R: [number, number]; Wb: [number, number]; Rb: [number, number] }>;
+}
+/** What feeds one optional node input, traced back through the graph (docs/annotations.md, "wiring"). */
+export interface WiringInput {
+  tensor: string;
+  /** a model input itself, a constant, zeros (constant or sized from inputs' shapes), or computed from model inputs */
+  kind: 'graph_input' | 'constant' | 'zeros' | 'computed';
+  /** model inputs whose values reach it (a mask's token input, the h0 input...) */
+  graph_inputs: string[];
+  /** model inputs whose shape only reaches it (a zero state sized to the batch) */
+  shape_from: string[];
+  /** op types on the way, from the model inputs towards the node */
+  via: string[];
+  /** recurrent nodes upstream (an encoder whose state feeds a decoder) */
+  recurrent_nodes: string[];
+  shape?: number[];
+  value?: unknown;
+}
+/** Where one node output goes. */
+export interface WiringOutput {
+  tensor: string;
+  /** graph outputs it becomes, directly or through Transpose/Squeeze/Unsqueeze/Reshape/Identity/Flatten/Cast */
+  graph_outputs: string[];
+  via: string[];
+  /** other nodes reading it */
+  consumers: string[];
+  used: boolean;
+}
+export interface Wiring {
+  X: WiringInput;
+  sequence_lens: WiringInput | null;
+  initial_h: WiringInput | null;
+  initial_c?: WiringInput | null;
+  Y: WiringOutput | null;
+  Y_h: WiringOutput | null;
+  Y_c?: WiringOutput | null;
 }
 export interface GatesNode {
   node: string;
@@ -75,6 +112,15 @@ export interface GatesNode {
   clip?: number | null;
   linear_before_reset?: number;
   input_forget?: number;
+  direction?: 'forward' | 'reverse' | 'bidirectional';
+  /** 0: time-major X [seq, batch, input]; 1: batch-major X [batch, seq, input] */
+  layout?: 0 | 1;
+  onnx_gate_order?: string[];
+  /** tensor names feeding W, R, B (and P) */
+  inputs?: Record<string, string | null>;
+  /** the meaning of each axis of X, the states and the outputs in this node's layout */
+  axes?: Record<string, string[]>;
+  wiring?: Wiring;
   directions: GatesDirection[];
   source?: Record<string, unknown> | null;
 }
@@ -187,16 +233,20 @@ export interface RecurrentResult {
   Y_h: Float32Array;
   /** LSTM only: [directions, batch, hidden] */
   Y_c?: Float32Array;
-  dims: { Y: number[]; Y_h: number[] };
+  dims: { Y: number[]; Y_h: number[]; Y_c?: number[] };
 }
 export interface RecurrentShape {
   seqLength: number;
   batchSize?: number;
-  /** flat [directions, batch, hidden]; zeros when omitted */
+  /** flat [directions, batch, hidden] (layout 0) or [batch, directions, hidden] (layout 1); zeros when omitted */
   initialH?: ArrayLike<number>;
   initialC?: ArrayLike<number>;
+  /** each batch item's length (ONNX sequence_lens): Y is zero past it, Y_h/Y_c hold its last valid step (zeros for length 0, like onnxruntime) */
+  seqLens?: ArrayLike<number | bigint>;
+  /** 0: time-major (x [seq, batch, input]); 1: batch-major (x [batch, seq, input]). Default: the node's layout, else 0 */
+  layout?: 0 | 1;
 }
-/** x is flat [seqLength, batchSize, input_size] (ONNX layout 0). */
+/** x is flat [seqLength, batchSize, input_size] (layout 0) or [batchSize, seqLength, input_size] (layout 1). */
 export function runRecurrentNode(node: GatesNode, x: ArrayLike<number>, shape: RecurrentShape): RecurrentResult;
 export function runGates(gates: GatesDocument, x: ArrayLike<number>, options: RecurrentShape & { node?: number | string }): RecurrentResult;
 

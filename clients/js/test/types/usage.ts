@@ -19,13 +19,17 @@ async function main(): Promise<number> {
   await model.infer([{ name: 'x', datatype: 'FP32', shape: [1, 1, 2], data: [[[0.5, 1]]] }]);
   const gates: GatesDocument = await client.gates('lstm_tiny');
   const { Y_h } = runGates(gates, new Float32Array(6), { seqLength: 3, batchSize: 1 });
+  const lens = gates.nodes[0].wiring?.sequence_lens?.graph_inputs ?? [];
+  const masked = runGates(gates, new Float32Array(12), { seqLength: 3, batchSize: 2, seqLens: [3, 1], layout: 1,
+    initialH: new Float32Array(8), initialC: new Float32Array(8) });
+  const cDims: number[] | undefined = masked.dims.Y_c;
   const download = await client.downloadModel('add_sub', { etag: '"x"' });
   try {
     await client.modelConfig('nope');
   } catch (err) {
     if (err instanceof ServerError) return err.status;
   }
-  return Number(live) + firstShape.length + sum.length + y.shape.length + Y_h.length + (download.bytes?.length ?? 0);
+  return Number(live) + firstShape.length + sum.length + y.shape.length + Y_h.length + lens.length + (cDims?.length ?? 0) + (download.bytes?.length ?? 0);
 }
 
 // @ts-expect-error: datatypes are checked
