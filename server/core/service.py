@@ -234,7 +234,8 @@ class InferenceService:
         check_model_name(name)
         with self._lock:
             if config_text is not None:
-                parsed = model_config.parse_config_text(config_text, json_form=True)
+                parsed = model_config.parse_config_text(config_text, json_form=True,
+                                                     source="the load request's config parameter")
                 if parsed.get("name") not in (None, "", name):
                     raise InvalidArgument(f"config name '{parsed['name']}' does not match model '{name}'")
             by_version: dict[int, dict[str, bytes]] = {}
