@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from server import __version__, logs
@@ -363,8 +362,4 @@ def validate_onnx_bytes(data: bytes, limits: sandbox.Limits | None = None) -> di
     onnxruntime before it is written anywhere a reader could see it. All of that runs in a child
     process with a time and memory limit (server/core/sandbox.py): hostile bytes cannot crash us."""
     return sandbox.check_model_bytes(data, limits or sandbox.Limits())
-
-
-def example_repository() -> Path:
-    return Path(__file__).resolve().parent.parent / "examples" / "repository"
 
