@@ -6,8 +6,6 @@ import socket
 import subprocess
 import sys
 
-import httpx
-
 from tests.support import ROOT, free_port
 
 
