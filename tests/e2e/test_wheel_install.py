@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.browser_support import CHROMIUM, JS, TOLERANCE, run_browser
 from tests.support import ROOT, ServerProcess, copy_repository
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]   # pip may download the serving deps
 
 
 @dataclass
