@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from server.core.errors import InvalidArgument
 # The generated stubs live with the gRPC transport (one generated package, made by scripts/gen_proto.py);
 # the core uses only the ModelConfig message, to let protobuf itself read and check config files.
 from server.grpc._generated import model_config_pb2 as mc
+
+log = logging.getLogger("modelbridge")
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -55,8 +58,23 @@ def read_config_file(model_dir: Path) -> dict[str, Any] | None:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise InvalidArgument(f"{path}: cannot read the model config: {exc}") from None
-            return parse_config_text(text, json_form=fname.endswith(".json"), source=str(path))
+            cfg = parse_config_text(text, json_form=fname.endswith(".json"), source=str(path))
+            if ignored := not_acted_on(cfg):
+                log.warning("%s: Triton settings modelbridge accepts but does not act on: %s", path, ", ".join(ignored))
+            return cfg
     return None
+
+
+# Top-level ModelConfig fields whose settings this server carries out; the others (optimization, warmup,
+# ensembles, rate limits...) are valid Triton, kept and echoed back, and named in a warning when a model loads.
+ACTED_ON = frozenset({
+    "name", "platform", "backend", "version_policy", "max_batch_size", "input", "output", "instance_group",
+    "default_model_filename", "dynamic_batching", "sequence_batching", "parameters", "model_transaction_policy",
+})
+
+
+def not_acted_on(config: dict[str, Any]) -> list[str]:
+    return sorted(set(config) - ACTED_ON)
 
 
 def parse_config_text(text: str, *, json_form: bool, source: str = "model config") -> dict[str, Any]:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from server.core.errors import InvalidArgument
-from server.core.model_config import GraphIO, complete, config_to_text, parse_config_text, select_versions
+from server.core.model_config import (
+    GraphIO,
+    complete,
+    config_to_text,
+    not_acted_on,
+    parse_config_text,
+    select_versions,
+)
 from server.grpc._generated import model_config_pb2 as mc
 
 TRITON_STYLE = """
@@ -40,72 +50,76 @@ def test_triton_text_format_reads() -> None:
     assert cfg["parameters"] == {"intra_op_thread_count": {"string_value": "1"}}
 
 
-# Every message of proto/model_config.proto with fields set away from their defaults.
-EVERY_FIELD = """
-name: "m" platform: "onnxruntime_onnx" backend: "onnxruntime" max_batch_size: 8
-version_policy { latest { num_versions: 2 } }
-input { name: "x" data_type: TYPE_FP16 format: FORMAT_NCHW dims: [3, -1] reshape { shape: [3] }
-        is_shape_tensor: true allow_ragged_batch: true optional: true }
-output { name: "y" data_type: TYPE_INT64 dims: [2] label_filename: "labels.txt" reshape { shape: [1, 2] }
-         is_shape_tensor: true }
-instance_group { name: "g" count: 3 gpus: [0, 1] kind: KIND_GPU profile: ["p"] passive: true host_policy: "h" }
-default_model_filename: "net.onnx"
-cc_model_filenames { key: "8.6" value: "a.onnx" }
-metric_tags { key: "team" value: "x" }
-sequence_batching {
-  oldest { max_candidate_sequences: 4 preferred_batch_size: [2] max_queue_delay_microseconds: 9
-           preserve_ordering: true }
-  max_sequence_idle_microseconds: 18446744073709551615
-  control_input { name: "START" control { kind: CONTROL_SEQUENCE_READY int32_false_true: [0, 1]
-                  fp32_false_true: [0, 1.5] bool_false_true: [false, true] data_type: TYPE_INT32 } }
-  state { input_name: "h_in" output_name: "h_out" data_type: TYPE_FP32 dims: [-1, 8]
-          initial_state { data_type: TYPE_FP32 dims: [8] zero_data: true name: "zeros" }
-          use_same_buffer_for_input_output: true use_growable_memory: true }
-  iterative_sequence: true
-}
-parameters { key: "intra_op_thread_count" value { string_value: "2" } }
-model_transaction_policy { decoupled: true }
-response_cache { enable: true }
-"""
+def _filled(message: Message, arm: int, depth: int = 0) -> Message:
+    """`message` with every field set away from its default; of each oneof, arm number `arm` (mod its size)."""
+    for field in message.DESCRIPTOR.fields:
+        oneof = field.containing_oneof
+        if oneof is not None and oneof.fields[arm % len(oneof.fields)] is not field:
+            continue
+        kind = field.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            container = getattr(message, field.name)
+            key, value_field = _scalar(kind.fields_by_name["key"]), kind.fields_by_name["value"]
+            if value_field.message_type is not None:
+                _filled(container[key], arm, depth + 1)
+            else:
+                container[key] = _scalar(value_field)
+        elif kind is not None:
+            if depth > 8:
+                continue
+            sub = getattr(message, field.name).add() if field.is_repeated else getattr(message, field.name)
+            _filled(sub, arm, depth + 1)
+            sub.SetInParent()   # an empty message (e.g. version_policy all {}) is present all the same
+        elif field.is_repeated:
+            getattr(message, field.name).extend([_scalar(field), _scalar(field)])
+        else:
+            setattr(message, field.name, _scalar(field))
+    return message
 
 
-def test_round_trips_preserve_every_field() -> None:
-    original = text_format.Parse(EVERY_FIELD, mc.ModelConfig())
-    as_dict = parse_config_text(EVERY_FIELD, json_form=False)
-    assert as_dict["sequence_batching"]["max_sequence_idle_microseconds"] == 2**64 - 1   # a number, not "..."
-    assert as_dict["input"][0]["dims"] == [3, -1]
-    # dict -> text -> dict, and dict -> JSON text -> dict: nothing lost, nothing changed.
+def _scalar(field: FieldDescriptor) -> Any:
+    if field.enum_type is not None:
+        return field.enum_type.values[-1].number
+    return {FieldDescriptor.CPPTYPE_STRING: "s", FieldDescriptor.CPPTYPE_BOOL: True,
+            FieldDescriptor.CPPTYPE_FLOAT: 1.5, FieldDescriptor.CPPTYPE_DOUBLE: 1.5,
+            FieldDescriptor.CPPTYPE_INT32: -7, FieldDescriptor.CPPTYPE_INT64: -(2**63),
+            FieldDescriptor.CPPTYPE_UINT32: 2**32 - 1, FieldDescriptor.CPPTYPE_UINT64: 2**64 - 1}[field.cpp_type]
+
+
+@pytest.mark.parametrize("arm", [0, 1, 2])
+def test_round_trips_preserve_every_field(arm: int) -> None:
+    """Every field of Triton's ModelConfig (each oneof arm in one of the three runs): file text -> the
+    server's dict -> config.pbtxt text / config.json text -> the same message, nothing lost or changed."""
+    original = _filled(mc.ModelConfig(), arm)
+    as_dict = parse_config_text(text_format.MessageToString(original), json_form=False)
     assert parse_config_text(config_to_text(as_dict), json_form=False) == as_dict
     assert parse_config_text(json.dumps(as_dict), json_form=True) == as_dict
     assert text_format.Parse(config_to_text(as_dict), mc.ModelConfig()) == original
-    set_fields = {f"{m.DESCRIPTOR.name}.{f.name}" for m in _messages(original) for f, _ in m.ListFields()}
-    declared = {f"{d.name}.{f.name}" for d in _descriptors(mc.ModelConfig.DESCRIPTOR) for f in d.fields}
-    # Fields left out: the other arm of each oneof, and the map entries' own key/value.
-    skipped = {"ModelConfig.dynamic_batching", "ModelVersionPolicy.all", "ModelVersionPolicy.specific",
-               "ModelSequenceBatching.direct", "InitialState.data_file"}
-    missing = {d for d in declared - set_fields - skipped if not d.endswith((".key", ".value"))}
-    missing -= {d for d in missing if d.split(".")[0] in ("Specific", "StrategyDirect", "ModelDynamicBatching",
-                                                          "ModelQueuePolicy", "PriorityQueuePolicyEntry", "All")}
-    assert not missing, f"EVERY_FIELD does not set {sorted(missing)}"
+    assert as_dict["max_batch_size"] == -7 and as_dict["input"][0]["dims"] == [-(2**63), -(2**63)]  # numbers
 
 
-def _messages(msg):  # type: ignore[no-untyped-def]
-    yield msg
-    for field, value in msg.ListFields():
-        if field.message_type is None:
-            continue
-        items = value.values() if field.message_type.GetOptions().map_entry else (
-            value if field.is_repeated else [value])
-        for item in items:
-            if hasattr(item, "ListFields"):
-                yield from _messages(item)
+# A Triton config as people write them for ONNX models, with sections this server does not act on.
+REAL_WORLD = """
+name: "bert"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ 512 ] } ]
+output [ { name: "output" data_type: TYPE_FP32 dims: [ 112 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { preferred_batch_size: [ 2, 4, 8 ] max_queue_delay_microseconds: 100000 }
+optimization { graph { level: 1 } execution_accelerators {
+  cpu_execution_accelerator : [ { name : "openvino" } ] } }
+model_warmup [ { name: "sample" batch_size: 1 inputs { key: "input_ids" value: {
+  data_type: TYPE_INT64 dims: [ 512 ] zero_data: true } } } ]
+"""
 
 
-def _descriptors(desc):  # type: ignore[no-untyped-def]
-    yield desc
-    for f in desc.fields:
-        if f.message_type is not None and not f.message_type.GetOptions().map_entry and f.message_type is not desc:
-            yield from _descriptors(f.message_type)
+def test_real_world_triton_config_is_accepted_whole() -> None:
+    cfg = parse_config_text(REAL_WORLD, json_form=False)
+    assert cfg["optimization"]["graph"] == {"level": 1}
+    assert cfg["model_warmup"][0]["inputs"]["input_ids"]["dims"] == [512]
+    assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 100000
+    assert not_acted_on(cfg) == ["model_warmup", "optimization"]
 
 
 @pytest.mark.parametrize("text, where, names", [
@@ -177,13 +191,15 @@ def test_version_policy_served_and_bad_configs_refused(tmp_path) -> None:
     import shutil
 
     import httpx
+    import tritonclient.grpc as grpcclient
 
     from tests.support import ServerProcess, copy_repository
 
     repo = copy_repository(tmp_path / "repo", ["lstm_tiny", "add_sub"])
     for v in (2, 3):
         shutil.copytree(repo / "lstm_tiny" / "1", repo / "lstm_tiny" / str(v))
-    (repo / "lstm_tiny" / "config.pbtxt").write_text("version_policy: { specific: { versions: [1, 3] } }\n")
+    (repo / "lstm_tiny" / "config.pbtxt").write_text("version_policy: { specific: { versions: [1, 3] } }\n"
+                                                     "optimization { graph { level: 1 } }\n")
     (repo / "add_sub" / "config.pbtxt").write_text("max_batch_size: 8\nmax_batch_sise: 4\n")
     proc = ServerProcess(repo).start()
     try:
@@ -191,6 +207,11 @@ def test_version_policy_served_and_bad_configs_refused(tmp_path) -> None:
         assert meta["versions"] == ["1", "3"]
         assert httpx.get(proc.url + "/v2/models/lstm_tiny/versions/2/ready").status_code == 400
         assert httpx.get(proc.url + "/v2/models/lstm_tiny/versions/3/ready").status_code == 200
+        # Valid Triton this server does not act on: loaded, echoed back over REST and gRPC, named in the log.
+        assert httpx.get(proc.url + "/v2/models/lstm_tiny/config").json()["optimization"] == {"graph": {"level": 1}}
+        with grpcclient.InferenceServerClient(proc.grpc_addr) as client:
+            assert client.get_model_config("lstm_tiny").config.optimization.graph.level == 1
+        assert "does not act on: optimization" in proc.log()
         # A misspelled field stops that model (the others serve), and the reason says what and where.
         index = {m["name"]: m for m in httpx.post(proc.url + "/v2/repository/index").json()}
         assert index["add_sub"]["state"] == "UNAVAILABLE"
