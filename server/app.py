@@ -10,6 +10,7 @@ import logging
 import math
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from server import metrics
 from server.core import auth, sandbox
 from server.core.auth import KeyRing
+from server.core.errors import ModelBridgeError
 from server.core.poller import RepositoryPoller
 from server.core.repository import ModelRepository, bundled_repository, default_repository
 from server.core.sequences import SequenceStore
@@ -212,4 +214,11 @@ def run_one(settings: Settings, *, reuse_port: bool = False) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(settings, reuse_port=reuse_port))
+    if not reuse_port:
+        asyncio.run(serve(settings))
+        return
+    try:   # a worker process (--workers): its parent reports the exit status, so say why here in one line
+        asyncio.run(serve(settings, reuse_port=True))
+    except (CannotStart, ModelBridgeError) as exc:
+        print(f"modelbridge worker {settings.worker_index}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
