@@ -18,6 +18,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 ROOT = Path(__file__).resolve().parent
 JS = ROOT / "clients" / "js"
@@ -57,4 +58,12 @@ class BuildPyWithUI(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithUI})
+class SdistWithUI(sdist):
+    """The sdist carries the built assets (MANIFEST.in), so a wheel built from it needs no npm."""
+
+    def run(self) -> None:
+        build_ui_assets()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithUI, "sdist": SdistWithUI})
