@@ -196,6 +196,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
 
 
 def run(settings: Settings) -> None:
+    build_keyring(settings)   # a bad key setting stops the server before it creates or reads anything
     settings = with_repository(settings)
     if settings.workers > 1:
         from server.workers import run_workers

@@ -135,12 +135,14 @@ def is_loopback(host: str) -> bool:
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"cannot read config file {path}: {exc}") from None
     try:
         doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidArgument(f"config file {path} is not valid: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"config file {path} must hold an object of settings, not {type(doc).__name__}")
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise InvalidArgument(f"config file {path}: unknown settings {unknown}")

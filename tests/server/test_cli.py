@@ -51,6 +51,12 @@ def test_bad_settings_file_and_repository_are_one_line_errors(tmp_path) -> None:
     broken.write_text("http_port = [\n")
     _one_line_refusal(run("serve", "--config", str(broken)), 2, str(broken))
     _one_line_refusal(run("serve", "--config", str(tmp_path / "absent.toml")), 2, "absent.toml")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    _one_line_refusal(run("serve", "--config", str(listed)), 2, "must hold an object")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe")
+    _one_line_refusal(run("serve", "--config", str(binary)), 2, "cannot read config file")
     _one_line_refusal(run("serve", "--model-repository", str(tmp_path / "nowhere")), 2, "does not exist")
     a_file = tmp_path / "file"
     a_file.write_text("")

@@ -62,7 +62,7 @@ def test_default_repository_is_the_users_not_the_package(tmp_path: Path) -> None
     assert tree_digest(EXAMPLES) == bundled_before, "the package's bundled repository changed"
 
     # Without XDG_DATA_HOME: ~/.local/share. And a disabled gRPC port is said so.
-    server = DefaultRepositoryServer(tmp_path / "log2", env={"HOME": str(home)},
+    server = DefaultRepositoryServer(tmp_path / "log2", env={"HOME": str(home), "XDG_DATA_HOME": ""},
                                      extra_args=["--grpc-port", "0"]).start()
     try:
         assert f"models live in {home / '.local/share/modelbridge/repository'}" in server.log()
