@@ -68,7 +68,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import CannotStart, run
     from server.core.errors import ModelBridgeError
     from server.settings import load_settings
 
@@ -78,6 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelBridgeError as exc:
         print(f"modelbridge: {exc.message}", file=sys.stderr)
         return 2
+    from server.app import CannotStart, run  # onnxruntime, grpc...: only once the settings are good
+
     logs.configure(settings.log_level, settings.log_format, requests=settings.log_requests)
     try:
         run(settings)
