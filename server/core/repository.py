@@ -62,7 +62,8 @@ class ModelRepository:
         except OSError as exc:
             raise InvalidArgument(f"cannot read model repository {self.root}: {exc.strerror}") from None
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """Refuses a write up front (before an upload is checked) in a read-only repository."""
         if self.read_only:
             raise FailedPrecondition(
                 f"model repository {self.root} holds the examples bundled with modelbridge and is read-only; "
@@ -99,7 +100,7 @@ class ModelRepository:
         self, name: str, version: int, files: dict[str, bytes], *, replace: bool = True
     ) -> Path:
         """Write files into <name>/<version>/ atomically. The staging copy is checked by the caller."""
-        self._check_writable()
+        self.check_writable()
         mdir = self.model_dir(name)
         target = mdir / str(check_version(version))
         if target.exists() and not replace:
@@ -140,7 +141,7 @@ class ModelRepository:
                 shutil.rmtree(stage, ignore_errors=True)
 
     def write_config(self, name: str, text: str, *, json_form: bool) -> None:
-        self._check_writable()
+        self.check_writable()
         mdir = self.model_dir(name)
         mdir.mkdir(exist_ok=True)
         fname = "config.json" if json_form else "config.pbtxt"

@@ -231,6 +231,8 @@ class InferenceService:
         `config_text` is a JSON model config that replaces the stored one."""
         self._check_control("load")
         check_model_name(name)
+        if config_text is not None or files:
+            self.repository.check_writable()
         with self._lock:
             if config_text is not None:
                 parsed = model_config.parse_config_text(config_text, json_form=True,
@@ -342,6 +344,7 @@ class InferenceService:
         """Store ONNX bytes as <name>/<version>/model.onnx after checking them, then (re)load the model."""
         self._check_control("upload")
         check_model_name(name)
+        self.repository.check_writable()
         v = check_version(version)
         validate_onnx_bytes(data, self.sandbox_limits)
         with self._lock:

@@ -74,6 +74,12 @@ def test_default_repository_is_the_users_not_the_package(tmp_path: Path) -> None
 def test_bundled_repository_is_never_written() -> None:
     service = build_service(Settings(model_repository=str(bundled_repository())))
     assert service.repository.read_only
+    # Refused up front, over the API (before the upload would be checked: these bytes are no model) ...
+    with pytest.raises(FailedPrecondition, match="read-only"):
+        service.upload_version("uploaded", 1, b"not a model")
+    with pytest.raises(FailedPrecondition, match="read-only"):
+        service.load("lstm_tiny", config_text='{"max_batch_size": 2}')
+    # ... and by the repository itself.
     with pytest.raises(FailedPrecondition, match="read-only"):
         service.repository.publish_version("uploaded", 1, {"model.onnx": b"x"})
     with pytest.raises(FailedPrecondition, match="read-only"):
