@@ -13,7 +13,8 @@ server's REST, gRPC and metrics ports. The scratch directory has `.venv` (this i
 - ts: compiled by clients/js's TypeScript (strict) against clients/js/types, then run as js.
 
 Blocks tagged ```console, ```text (output samples, Docker, long runs), ```html and the other
-NOT_EXECUTED tags are not run; a block with no tag or an unknown one fails the convention test.
+NOT_EXECUTED tags are not run; ```pbtxt blocks are parsed as Triton model configs (a config shown in the
+README is one the server accepts); a block with no tag or an unknown one fails the convention test.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from pathlib import Path
 
 import pytest
 
+from server.core.model_config import parse_config_text
 from tests.support import ROOT, ServerProcess, copy_repository
 
 README = ROOT / "README.md"
 JS = ROOT / "clients" / "js"
 EXECUTED = {"bash", "sh", "python", "js", "ts"}
-NOT_EXECUTED = {"console", "text", "html", "json", "yaml", "toml", "ini", "dockerfile", "nginx", "proto", "diff"}
+NOT_EXECUTED = {"console", "text", "html", "json", "yaml", "toml", "ini", "conf", "dockerfile", "nginx", "proto",
+                "diff", "promql", "xml", "csv", "pbtxt"}
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 PORTS = re.compile(r"\b(127\.0\.0\.1|localhost):800([012])\b")
 BLOCK_TIMEOUT = 180
@@ -64,6 +67,12 @@ def test_every_block_follows_the_convention() -> None:
     assert not bad, (f"fenced blocks must be tagged {sorted(EXECUTED)} (run by this test) or "
                      f"{sorted(NOT_EXECUTED)} (not run): {bad}")
     assert "<!--" in README.read_text(encoding="utf-8").split("\n## ")[0], "the convention comment at the top is gone"
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "pbtxt"],
+                         ids=[b.id for b in BLOCKS if b.lang == "pbtxt"])
+def test_readme_model_config_parses(block: Block) -> None:
+    parse_config_text(block.code, json_form=False, source=block.id)
 
 
 @pytest.fixture(scope="module")
