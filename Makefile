@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # js: the /ui bundle and onnxruntime-web's wasm are built into server/ui/vendor/ by npm install.
+# Models live in MODEL_REPOSITORY if given, else in the user repository ($XDG_DATA_HOME or ~/.local/share,
+# /modelbridge/repository), seeded with the bundled examples on first start; never inside this checkout.
 serve: $(STAMP) js
-	$(VENV)/bin/modelbridge serve --allow-unauthenticated-admin   # binds 127.0.0.1 only
+	@echo "models live in $(or $(MODEL_REPOSITORY),$${XDG_DATA_HOME:-$$HOME/.local/share}/modelbridge/repository) (make serve MODEL_REPOSITORY=DIR to serve another)"
+	$(VENV)/bin/modelbridge serve --allow-unauthenticated-admin $(if $(MODEL_REPOSITORY),--model-repository $(MODEL_REPOSITORY))   # binds 127.0.0.1 only
 
 # System packages the tests drive: Debian's Chromium (no browser downloads), libb64 for perf_analyzer,
 # docker-compose to validate the compose file, nginx for the compose load balancer's config.

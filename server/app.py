@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import math
 import signal
+import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +24,11 @@ from starlette.routing import Route
 from server import metrics
 from server.core import auth, sandbox
 from server.core.auth import KeyRing
+from server.core.errors import ModelBridgeError
 from server.core.poller import RepositoryPoller
-from server.core.repository import ModelRepository
+from server.core.repository import ModelRepository, bundled_repository, default_repository
 from server.core.sequences import SequenceStore
-from server.core.service import InferenceService, example_repository
+from server.core.service import InferenceService
 from server.rest.app import create_app
 from server.rest.fastpath import infer_handler, secure_infer
 from server.rest.http11 import HttpServer
@@ -32,10 +38,24 @@ from server.settings import Settings
 log = logging.getLogger("modelbridge")
 
 
+def with_repository(settings: Settings) -> Settings:
+    """Settings with the repository resolved (the default one created on first start), said in the log."""
+    if settings.model_repository:
+        root, how = Path(settings.model_repository).resolve(), "--model-repository"
+    else:
+        root, how = default_repository()
+    ModelRepository(root)   # exists and is readable, before the log says models live there
+    if root == bundled_repository().resolve():
+        how += "; read-only: uploads and loads with a config are refused"
+    log.info("models live in %s (%s)", root, how)
+    return dataclasses.replace(settings, model_repository=str(root))
+
+
 def build_service(settings: Settings) -> InferenceService:
-    root = Path(settings.model_repository) if settings.model_repository else example_repository()
+    root = Path(settings.model_repository) if settings.model_repository else bundled_repository()
     sequences = SequenceStore(idle_timeout=settings.sequence_idle_secs, max_sequences=settings.max_sequences)
-    service = InferenceService(ModelRepository(root), sequences=sequences)
+    read_only = root.resolve() == bundled_repository().resolve()   # never write into the package
+    service = InferenceService(ModelRepository(root, read_only=read_only), sequences=sequences)
     service.model_control_mode = settings.model_control_mode
     service.sandbox_limits = sandbox.Limits(timeout_secs=settings.model_check_timeout_secs,
                                             memory_bytes=settings.model_check_memory_mb << 20,
@@ -76,6 +96,29 @@ def _uvicorn(app: Any, host: str, port: int, settings: Settings) -> _Server:
     return _Server(config)
 
 
+class CannotStart(Exception):
+    """The server cannot start for a reason outside its settings (a port in use): one line for the user."""
+
+
+@contextlib.contextmanager
+def _binding(what: str, host: str, port: int) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise CannotStart(f"cannot serve {what} on {_addr(host, port)}: {reason}") from None
+    except RuntimeError as exc:  # grpcio's engine reports a failed bind so
+        raise CannotStart(f"cannot serve {what} on {_addr(host, port)}: {exc}") from None
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     keys = build_keyring(settings)   # a bad key setting stops the server before it binds anything
     service = build_service(settings)
@@ -92,34 +135,43 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
                              max_body_bytes=settings.max_body_bytes, header_timeout=settings.header_timeout_secs,
                              body_timeout=settings.body_timeout_secs, max_concurrency=settings.max_concurrent_requests)
     rest_sock = None
-    if reuse_port:  # --workers: every worker binds the same REST port
-        from server.workers import reuseport_socket
+    with _binding("REST", settings.host, settings.http_port):
+        if reuse_port:  # --workers: every worker binds the same REST port
+            from server.workers import reuseport_socket
 
-        rest_sock = reuseport_socket(settings.host, settings.http_port)
-    await rest_server.start(settings.host, settings.http_port, sock=rest_sock)
-    servers: list[_Server] = []   # uvicorn for metrics only
+            rest_sock = reuseport_socket(settings.host, settings.http_port)
+        await rest_server.start(settings.host, settings.http_port, sock=rest_sock)
+    servers: list[tuple[_Server, socket.socket]] = []   # uvicorn for metrics only
     if settings.metrics_port:
-        servers.append(_uvicorn(metrics_app(service), settings.host, settings.metrics_port, settings))
+        with _binding("metrics", settings.host, settings.metrics_port):
+            # Bound here rather than by uvicorn, whose bind failure is a logged sys.exit inside a task.
+            metrics_sock = socket.create_server((settings.host, settings.metrics_port), family=_family(settings.host))
+        servers.append((_uvicorn(metrics_app(service), settings.host, settings.metrics_port, settings), metrics_sock))
     grpc_server = None
+    grpc_where = "off"
     if settings.grpc_port:
         try:
             from server.grpc.server import start_grpc_server
         except ImportError as exc:  # the gRPC layer is optional until its stubs exist
             log.warning("gRPC disabled: %s", exc)
+            grpc_where = "off (its stubs are missing)"
         else:
-            grpc_server = await start_grpc_server(
-                service, host=settings.host, port=settings.grpc_port, max_message_bytes=settings.grpc_message_limit,
-                reuse_port=reuse_port, keys=keys, max_concurrent_rpcs=settings.max_concurrent_requests,
-                engine=settings.grpc_engine, body_timeout=settings.body_timeout_secs,
-            )
+            with _binding("gRPC", settings.host, settings.grpc_port):
+                grpc_server = await start_grpc_server(
+                    service, host=settings.host, port=settings.grpc_port,
+                    max_message_bytes=settings.grpc_message_limit, reuse_port=reuse_port, keys=keys,
+                    max_concurrent_rpcs=settings.max_concurrent_requests, engine=settings.grpc_engine,
+                    body_timeout=settings.body_timeout_secs,
+                )
+            grpc_where = "on " + _addr(settings.host, settings.grpc_port)
     stop = asyncio.Event()
     poll_task = asyncio.create_task(poller.run(stop)) if poller else None  # ends when `stop` is set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
-    log.info("serving REST on %s:%s, gRPC on %s, metrics on %s", settings.host, settings.http_port,
-             settings.grpc_port or "off", settings.metrics_port or "off")
+    tasks = [asyncio.create_task(s.serve(sockets=[sock])) for s, sock in servers]
+    log.info("serving REST on %s, gRPC %s, metrics %s", _addr(settings.host, settings.http_port), grpc_where,
+             "on " + _addr(settings.host, settings.metrics_port) if settings.metrics_port else "off")
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: no new connections; draining in-flight requests (up to %ss)",
@@ -128,7 +180,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         if task is not waiter and task.exception():
             log.error("a server failed: %s", task.exception())
     service.stop()
-    for s in servers:
+    for s, _sock in servers:
         s.should_exit = True
     stops = [rest_server.shutdown(settings.shutdown_grace_secs)]
     if grpc_server is not None:
@@ -144,6 +196,8 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
 
 
 def run(settings: Settings) -> None:
+    build_keyring(settings)   # a bad key setting stops the server before it creates or reads anything
+    settings = with_repository(settings)
     if settings.workers > 1:
         from server.workers import run_workers
 
@@ -161,4 +215,11 @@ def run_one(settings: Settings, *, reuse_port: bool = False) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(settings, reuse_port=reuse_port))
+    if not reuse_port:
+        asyncio.run(serve(settings))
+        return
+    try:   # a worker process (--workers): its parent reports the exit status, so say why here in one line
+        asyncio.run(serve(settings, reuse_port=True))
+    except (CannotStart, ModelBridgeError) as exc:
+        print(f"modelbridge worker {settings.worker_index}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -68,7 +68,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import run
     from server.core.errors import ModelBridgeError
     from server.settings import load_settings
 
@@ -78,11 +77,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelBridgeError as exc:
         print(f"modelbridge: {exc.message}", file=sys.stderr)
         return 2
+    from server.app import CannotStart, run  # onnxruntime, grpc...: only once the settings are good
+
     logs.configure(settings.log_level, settings.log_format, requests=settings.log_requests)
     try:
         run(settings)
-    except ModelBridgeError as exc:
+    except ModelBridgeError as exc:   # the repository or a key setting: what the user gave is wrong
         print(f"modelbridge: {exc.message}", file=sys.stderr)
+        return 2
+    except CannotStart as exc:   # e.g. a port in use
+        print(f"modelbridge: {exc}", file=sys.stderr)
         return 2
     return 0
 

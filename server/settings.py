@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -112,18 +113,36 @@ def _validate(s: Settings) -> Settings:
         raise InvalidArgument("settings sequence_idle_secs must be > 0 and max_sequences >= 1")
     if s.repository_poll_secs <= 0 or s.shutdown_grace_secs < 0:
         raise InvalidArgument("settings repository_poll_secs must be > 0 and shutdown_grace_secs >= 0")
+    if s.allow_unauthenticated_admin and not is_loopback(s.host):
+        raise InvalidArgument(
+            f"refusing --allow-unauthenticated-admin with --host {s.host or '(all interfaces)'}: anyone who can "
+            "reach the port could upload models; set an admin key (MODELBRIDGE_ADMIN_KEYS) or bind 127.0.0.1"
+        )
     return s
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: a loopback address, or the name localhost. Any other name may
+    resolve anywhere, so it does not count."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"cannot read config file {path}: {exc}") from None
     try:
         doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidArgument(f"config file {path} is not valid: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"config file {path} must hold an object of settings, not {type(doc).__name__}")
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise InvalidArgument(f"config file {path}: unknown settings {unknown}")

@@ -1,11 +1,25 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import ServerProcess, copy_repository
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_data_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A server started without --model-repository creates the user repository under XDG_DATA_HOME: in the
+    tests that is a temporary folder (inherited by every server they start), never the real home."""
+    old = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = old
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Triton's ModelConfig (the subset we honour): read from config.pbtxt / config.json, completed from
-the ONNX graph as Triton's auto-complete does, and checked against the graph.
+"""Triton's ModelConfig: read from config.pbtxt / config.json by protobuf's text_format / json_format
+against proto/model_config.proto (Triton's message and field names), completed from the ONNX graph as
+Triton's auto-complete does, and checked against the graph.
 
 The config is kept as a dict in Triton's JSON form, so REST returns it as it is and gRPC parses it
 into the ModelConfig message with protobuf's json_format.
@@ -9,12 +10,24 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.core import datatypes, pbtxt
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from server.core import datatypes
 from server.core.errors import InvalidArgument
+
+# The generated stubs live with the gRPC transport (one generated package, made by scripts/gen_proto.py);
+# the core uses only the ModelConfig message, to let protobuf itself read and check config files.
+from server.grpc._generated import model_config_pb2 as mc
+
+log = logging.getLogger("modelbridge")
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -41,32 +54,104 @@ def read_config_file(model_dir: Path) -> dict[str, Any] | None:
     for fname in CONFIG_FILES:
         path = model_dir / fname
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            return parse_config_text(text, json_form=fname.endswith(".json"))
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidArgument(f"{path}: cannot read the model config: {exc}") from None
+            cfg = parse_config_text(text, json_form=fname.endswith(".json"), source=str(path))
+            if ignored := not_acted_on(cfg):
+                log.warning("%s: Triton settings modelbridge accepts but does not act on: %s", path, ", ".join(ignored))
+            return cfg
     return None
 
 
-def parse_config_text(text: str, *, json_form: bool) -> dict[str, Any]:
-    if json_form or text.lstrip().startswith("{") and _looks_like_json(text):
+# Top-level ModelConfig fields whose settings this server carries out; the others (optimization, warmup,
+# ensembles, rate limits...) are valid Triton, kept and echoed back, and named in a warning when a model loads.
+ACTED_ON = frozenset({
+    "name", "platform", "backend", "version_policy", "max_batch_size", "input", "output", "instance_group",
+    "default_model_filename", "dynamic_batching", "sequence_batching", "parameters", "model_transaction_policy",
+})
+
+
+def not_acted_on(config: dict[str, Any]) -> list[str]:
+    return sorted(set(config) - ACTED_ON)
+
+
+def parse_config_text(text: str, *, json_form: bool, source: str = "model config") -> dict[str, Any]:
+    """A config.pbtxt (protobuf text format) or config.json, checked against Triton's ModelConfig message
+    by protobuf itself: an unknown field, a wrong type or a bad enum value is an InvalidArgument whose
+    message names the field and `source:line`. Returns Triton's JSON form (int64 as numbers)."""
+    message = mc.ModelConfig()
+    if json_form:
+        _parse_json(text, message, source)
+    else:
         try:
-            cfg = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"model config is not valid JSON: {exc}") from None
-        if not isinstance(cfg, dict):
-            raise InvalidArgument("model config JSON must be an object")
-        for key in ("input", "output", "instance_group"):
-            if key in cfg and isinstance(cfg[key], dict):
-                cfg[key] = [cfg[key]]
-        return cfg
-    return pbtxt.loads(text)
+            text_format.Parse(text, message)
+        except text_format.ParseError as exc:
+            detail = re.sub(r"^\d+:\d+ : ", "", str(exc))
+            raise InvalidArgument(f"{source}:{exc.GetLine()}:{exc.GetColumn()}: {detail}") from None
+    return config_to_dict(message)
 
 
-def _looks_like_json(text: str) -> bool:
+def _parse_json(text: str, message: Message, source: str) -> None:
     try:
-        json.loads(text)
-        return True
-    except json.JSONDecodeError:
-        return False
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{source}: the model config must be a JSON object")
+    for key in ("input", "output", "instance_group"):
+        if isinstance(doc.get(key), dict):  # one entry written without its list, as the text format allows
+            doc[key] = [doc[key]]
+    try:
+        json_format.ParseDict(doc, message)
+    except json_format.ParseError as exc:
+        detail = str(exc).split("\n")[0]
+        # json_format names the field but not where it is: point at the innermost field it names.
+        names = re.findall(r'(?:no field named "|Failed to parse )(\w+)', detail)
+        line = _json_line(text, names[-1]) if names else None
+        raise InvalidArgument(f"{source}{f':{line}' if line else ''}: {detail}") from None
+
+
+def _json_line(text: str, field: str) -> int | None:
+    m = re.search(rf'"{re.escape(field)}"\s*:', text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def config_to_dict(message: Message) -> dict[str, Any]:
+    """Triton's JSON form of a ModelConfig: field names as in the .proto, enums by name, 64-bit integers as
+    numbers (json_format writes them as strings; Triton's config endpoint does not). Fields left at their
+    default are absent, so auto-complete fills them as Triton's does."""
+    out = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    _ints(out, message.DESCRIPTOR)
+    return out
+
+
+_INT64 = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
+
+
+def _ints(doc: dict[str, Any], desc: Descriptor) -> None:
+    for key, value in doc.items():
+        field = desc.fields_by_name[key]
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for k, v in value.items():
+                if value_field.message_type is not None:
+                    _ints(v, value_field.message_type)
+                elif value_field.cpp_type in _INT64:
+                    value[k] = int(v)
+        elif field.message_type is not None:
+            for item in value if isinstance(value, list) else [value]:
+                _ints(item, field.message_type)
+        elif field.cpp_type in _INT64:
+            doc[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+
+
+def config_to_text(config: dict[str, Any]) -> str:
+    """The config.pbtxt form of a config in Triton's JSON form."""
+    message = mc.ModelConfig()
+    json_format.ParseDict(config, message)
+    return text_format.MessageToString(message)
 
 
 @dataclass

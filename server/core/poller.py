@@ -63,13 +63,14 @@ class RepositoryPoller:
         for name, fp in current.items():
             if fp == self._loaded.get(name) or fp != self._seen.get(name):
                 continue  # unchanged, or still changing: wait for the next scan
+            verb = "reload" if name in self._loaded else "load"   # a changed model, or a new one
             self._loaded[name] = fp  # even if the reload fails: retry only after the next change
             acted.append(name)
             try:
                 self.service.load_from_repository(name, keep_serving=True)
-                log.info("poll: reloaded model %s", name)
+                log.info("poll: %sed model %s", verb, name)
             except ModelBridgeError as exc:
-                log.warning("poll: model %s failed to reload: %s", name, exc.message)
+                log.warning("poll: model %s failed to %s: %s", name, verb, exc.message)
         for name in sorted(set(self._loaded) - set(current)):
             del self._loaded[name]
             acted.append(name)

@@ -12,10 +12,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from server.core.errors import AlreadyExists, InvalidArgument, NotFound
+from server.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.core.model_config import CONFIG_FILES, read_config_file
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
@@ -47,10 +48,28 @@ def check_relative_file(path: str) -> str:
 
 
 class ModelRepository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = Path(root).resolve()
-        if not self.root.is_dir():
+        # Read-only: the examples bundled in the package (a source checkout or site-packages) are served,
+        # never written; uploads need a repository of the user's (see default_repository).
+        self.read_only = read_only
+        if not self.root.exists():
             raise NotFound(f"model repository {self.root} does not exist")
+        if not self.root.is_dir():
+            raise InvalidArgument(f"model repository {self.root} is not a directory")
+        try:
+            next(os.scandir(self.root), None)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read model repository {self.root}: {exc.strerror}") from None
+
+    def check_writable(self) -> None:
+        """Refuses a write up front (before an upload is checked) in a read-only repository."""
+        if self.read_only:
+            raise FailedPrecondition(
+                f"model repository {self.root} holds the examples bundled with modelbridge and is read-only; "
+                "serve a repository of your own (--model-repository DIR, or the default user repository) to "
+                "upload or load models with a config"
+            )
 
     def model_dir(self, name: str) -> Path:
         return self.root / check_model_name(name)
@@ -81,6 +100,7 @@ class ModelRepository:
         self, name: str, version: int, files: dict[str, bytes], *, replace: bool = True
     ) -> Path:
         """Write files into <name>/<version>/ atomically. The staging copy is checked by the caller."""
+        self.check_writable()
         mdir = self.model_dir(name)
         target = mdir / str(check_version(version))
         if target.exists() and not replace:
@@ -121,6 +141,7 @@ class ModelRepository:
                 shutil.rmtree(stage, ignore_errors=True)
 
     def write_config(self, name: str, text: str, *, json_form: bool) -> None:
+        self.check_writable()
         mdir = self.model_dir(name)
         mdir.mkdir(exist_ok=True)
         fname = "config.json" if json_form else "config.pbtxt"
@@ -133,7 +154,49 @@ class ModelRepository:
 
     def clean_staging(self) -> None:
         """Leftovers of an interrupted upload are never visible; remove them at startup."""
+        if self.read_only:
+            return
         shutil.rmtree(self.root / _STAGING, ignore_errors=True)
+
+
+def bundled_repository() -> Path:
+    """The example models shipped inside the package (server/examples/repository)."""
+    return Path(__file__).resolve().parent.parent / "examples" / "repository"
+
+
+def user_repository(env: Mapping[str, str] | None = None) -> Path:
+    """Where a user's models live by default: $XDG_DATA_HOME/modelbridge/repository, else
+    ~/.local/share/modelbridge/repository (XDG base directories: a relative XDG_DATA_HOME is ignored)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return root / "modelbridge" / "repository"
+
+
+def default_repository(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """The repository served without --model-repository: the user repository, created on first start and
+    seeded with a copy of the bundled examples. Returns it and how it came to be, for the startup log.
+    Where it cannot be created (a read-only home), the bundled examples are served read-only."""
+    target = user_repository(env)
+    if target.is_dir():
+        return target, "user repository"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Copied aside, then renamed into place: a half-copied seed is never served, and of two
+        # processes seeding at once (workers) one wins and the other uses its result.
+        stage = Path(tempfile.mkdtemp(prefix=".seed-", dir=target.parent))
+        try:
+            shutil.copytree(bundled_repository(), stage, dirs_exist_ok=True)
+            os.chmod(stage, 0o755)
+            os.rename(stage, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    except OSError as exc:
+        return bundled_repository(), f"bundled examples, read-only: cannot create {target}: {exc.strerror}"
+    return target, "user repository, created and seeded with the bundled examples"
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from server import __version__, logs
@@ -232,9 +231,12 @@ class InferenceService:
         `config_text` is a JSON model config that replaces the stored one."""
         self._check_control("load")
         check_model_name(name)
+        if config_text is not None or files:
+            self.repository.check_writable()
         with self._lock:
             if config_text is not None:
-                parsed = model_config.parse_config_text(config_text, json_form=True)
+                parsed = model_config.parse_config_text(config_text, json_form=True,
+                                                     source="the load request's config parameter")
                 if parsed.get("name") not in (None, "", name):
                     raise InvalidArgument(f"config name '{parsed['name']}' does not match model '{name}'")
             by_version: dict[int, dict[str, bytes]] = {}
@@ -342,6 +344,7 @@ class InferenceService:
         """Store ONNX bytes as <name>/<version>/model.onnx after checking them, then (re)load the model."""
         self._check_control("upload")
         check_model_name(name)
+        self.repository.check_writable()
         v = check_version(version)
         validate_onnx_bytes(data, self.sandbox_limits)
         with self._lock:
@@ -362,8 +365,4 @@ def validate_onnx_bytes(data: bytes, limits: sandbox.Limits | None = None) -> di
     onnxruntime before it is written anywhere a reader could see it. All of that runs in a child
     process with a time and memory limit (server/core/sandbox.py): hostile bytes cannot crash us."""
     return sandbox.check_model_bytes(data, limits or sandbox.Limits())
-
-
-def example_repository() -> Path:
-    return Path(__file__).resolve().parent.parent / "examples" / "repository"
 

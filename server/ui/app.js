@@ -249,8 +249,14 @@ async function main() {
     return li;
   }));
   setStatus(`${state.models.length} models`, 'ready');
-  const wanted = params.get('model') ?? (state.models.includes('sine_lstm') ? 'sine_lstm' : null);
-  if (wanted && state.models.includes(wanted)) await select(wanted);
+  const asked = params.get('model');
+  if (asked !== null && !state.models.includes(asked)) {
+    // A link to a model this server does not serve: say so rather than show the page as if it were fine.
+    setStatus(`model '${asked}' does not exist on this server (or is not loaded); pick one of the ${state.models.length} below`, 'error');
+    return;
+  }
+  const wanted = asked ?? (state.models.includes('sine_lstm') ? 'sine_lstm' : null);
+  if (wanted) await select(wanted);
 }
 
 main().catch((err) => setStatus(err.message, 'error'));

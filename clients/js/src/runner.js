@@ -138,13 +138,17 @@ export class LocalRunner {
   }
 
   async createSession(bytes) {
+    this.irDowngraded = null;
     try {
-      return await this.createSessionOnce(bytes);
+      return await this.createSessionOnce(bytes);   // as served: no rewrite while onnxruntime-web accepts it
     } catch (err) {
       const ir = this.lowerIrVersion ? unsupportedIrVersion(err) : null;
       if (!ir) throw err;
-      // Saved by a newer onnx than this onnxruntime-web knows: retry with the stamp lowered; a model that
+      // Saved by a newer onnx than this onnxruntime-web knows (onnx >= 1.23 stamps IR 14 on whatever it
+      // saves; onnxruntime-web 1.30 reads <= 13): retry with the stamp lowered, and say so. A model that
       // really uses newer IR features still fails, with onnxruntime's own message.
+      console.warn(`modelbridge: this model's ONNX IR version ${ir.found} is newer than onnxruntime-web reads ` +
+        `(${ir.max}); opening it with the IR version rewritten to ${ir.max} (pass lowerIrVersion: false to refuse)`);
       this.irDowngraded = ir;
       return this.createSessionOnce(withIrVersion(bytes, ir.max));
     }
