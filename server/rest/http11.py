@@ -18,23 +18,29 @@ from collections.abc import Awaitable, Callable
 
 from server.rest.fastpath import InferHandler, parse_infer_path
 from server.rest.http_connection import HttpConnection
-from server.rest.http_wire import split_target
+from server.rest.http_wire import Answer, Headers, Target, parse_target
 
 log = logging.getLogger("modelbridge.rest")
 
 ASGIApp = Callable[..., Awaitable[None]]
 INF = math.inf
 ROUTE_CACHE_SIZE = 4096
+# (method, decoded path, headers) -> None, or the answer refusing the request before its body is read
+Gate = Callable[[bytes, str, Headers], "Answer | None"]
+# A request target as parsed once per distinct URL: (raw path, query, path), the authority of an
+# absolute-form target, and (model, version) when a POST there is an inference request.
+Route = tuple[Target, "bytes | None", "tuple[str, str] | None"]
 
 __all__ = ["HttpConnection", "HttpServer"]
 
 
 class HttpServer:
-    def __init__(self, app: ASGIApp, *, infer: InferHandler | None, max_body_bytes: int,
+    def __init__(self, app: ASGIApp, *, infer: InferHandler | None, max_body_bytes: int, gate: Gate | None = None,
                  header_timeout: float = 10.0, body_timeout: float = 60.0, keepalive_timeout: float = 5.0,
                  max_pipelined: int = 64, max_concurrency: int = 0) -> None:
         self.app = app
         self.infer = infer
+        self.gate = gate
         self.max_body_bytes = max_body_bytes
         # 0 disables a timeout, as in Settings
         self.header_timeout = header_timeout or INF
@@ -51,7 +57,7 @@ class HttpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
-        self._routes: dict[bytes, tuple[str, str] | None] = {}
+        self._routes: dict[bytes, Route | None] = {}
 
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -91,18 +97,23 @@ class HttpServer:
         """Whether a request arriving now is refused: too many other connections or requests in progress."""
         return self.active >= self.max_concurrency or len(self.connections) > self.max_concurrency
 
-    def infer_target(self, url: bytes) -> tuple[str, str] | None:
-        """(model, version) when a POST to `url` is an inference request. Clients repeat the same few
-        URLs, so the answer is remembered per URL."""
+    def route(self, method: bytes, url: bytes) -> Route | None:
+        """The parsed request target, None when it is not acceptable (http_wire.parse_target). Clients
+        repeat the same few URLs, so the answer is remembered per URL."""
         try:
             return self._routes[url]
         except KeyError:
             pass
-        target = parse_infer_path(split_target(url)[2]) if self.infer is not None else None
-        if len(self._routes) >= ROUTE_CACHE_SIZE:
-            self._routes.clear()
-        self._routes[url] = target
-        return target
+        parsed = parse_target(method, url)
+        if parsed is None:
+            return None
+        target, authority = parsed
+        route = (target, authority, parse_infer_path(target[2]) if self.infer is not None else None)
+        if url != b"*":   # the one target whose acceptability depends on the method
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[url] = route
+        return route
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
