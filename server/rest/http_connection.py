@@ -227,6 +227,10 @@ class HttpConnection(asyncio.Protocol):
         if req.head_bytes + len(req.url) > MAX_HEADER_BYTES:
             self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
             return False
+        if req.http_version != "1.1" and req.http_version != "1.0":
+            # llhttp takes "HTTP/0.9" and "HTTP/2.0" request lines, which are neither (RFC 9112 2.3)
+            self._fail(505, f"HTTP/{req.http_version} is not supported: this port speaks HTTP/1.1 and HTTP/1.0")
+            return False
         if req.method == b"CONNECT":
             self._fail(405, "CONNECT is not supported: this server is not a proxy", (_ALLOW,))
             return False

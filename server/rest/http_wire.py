@@ -134,8 +134,10 @@ def parse_target(method: bytes, url: bytes) -> tuple[Target, bytes | None] | Non
     """The request target (RFC 9112 3.2) -> ((raw path, query, decoded path), the authority of an
     absolute-form target or None); None when it is not one a server accepts here: the authority-form
     (CONNECT's alone), an asterisk-form but for OPTIONS, an absolute-form that is not http(s) or has no
-    host or has userinfo. llhttp has already refused spaces, controls and non-ASCII bytes."""
+    host or has userinfo; any with a fragment. llhttp has already refused spaces, controls and non-ASCII bytes."""
     authority = None
+    if b"#" in url:
+        return None   # a fragment is never part of a request target
     if url[:1] == b"/":
         q = url.find(b"?")
         raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1:])

@@ -179,6 +179,9 @@ def test_a_key_in_a_chunked_trailer_is_not_honoured(secured: ServerProcess) -> N
     (b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nX: 1\r\n\r\nGET /v2/a b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     (b"GET /v2/a\x01b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     (b"GET /v2/\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET /v2/health/live#x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET /v2/health/live HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),                   # HTTP/2 prior knowledge
     (b"GET /v2/health/live HTTP/1.1\r\n\r\n", 400),                       # RFC 9112 3.2: Host is required
     (b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # ... and only once
     (b"GET /v2/health/live HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
