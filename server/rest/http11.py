@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from server.rest.fastpath import InferHandler, parse_infer_path
 from server.rest.http_connection import HttpConnection
-from server.rest.http_wire import Answer, Headers, Target, parse_target
+from server.rest.http_wire import Answer, Headers, Target, parse_target, valid_host
 
 log = logging.getLogger("modelbridge.rest")
 
@@ -58,6 +58,7 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
         self._routes: dict[bytes, Route | None] = {}
+        self._hosts: set[bytes] = set()
 
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -114,6 +115,18 @@ class HttpServer:
                 self._routes.clear()
             self._routes[url] = route
         return route
+
+    def host_ok(self, value: bytes) -> bool:
+        """Whether a Host value is a valid host[:port]; clients send the same few, so a valid one is
+        remembered (a set lookup costs a tenth of the match)."""
+        if value in self._hosts:
+            return True
+        if not valid_host(value):
+            return False
+        if len(self._hosts) >= ROUTE_CACHE_SIZE:
+            self._hosts.clear()
+        self._hosts.add(value)
+        return True
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)

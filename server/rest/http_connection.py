@@ -244,7 +244,7 @@ class HttpConnection(asyncio.Protocol):
         if req.hosts > 1 or (req.hosts == 0 and req.http_version != "1.0"):
             self._fail(400, "malformed HTTP request: an HTTP/1.1 request needs exactly one Host header")
             return False
-        if req.hosts and not http_wire.valid_host(req.host):
+        if req.hosts and not self.server.host_ok(req.host):
             self._fail(400, "malformed HTTP request: the Host header is not a valid host[:port]")
             return False
         if authority is not None and req.hosts:
