@@ -103,6 +103,7 @@ class HttpConnection(asyncio.Protocol):
         # A loop, not a call per request after an upgrade: thousands of pipelined ones must not recurse.
         while data and not self.stopped:
             req = self.current
+            body_before = req.size if req is not None and req.headers_done else -1
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:
@@ -112,12 +113,19 @@ class HttpConnection(asyncio.Protocol):
                 if not self.stopped:   # not our own _StopParsing
                     self._fail(400, f"malformed HTTP request: {exc}")
                 return
-            if req is not None and not req.headers_done and req is self.current:
-                # Headers that began earlier and still go on: all of `data` was headers. llhttp sets no
-                # limit on them, and reports a field only once it is complete (on_header counts those).
-                req.size += len(data)
-                if req.size > MAX_HEADER_BYTES:
-                    self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+            if req is not None and req is self.current:
+                # llhttp sets no limit on headers and trailers, and httptools holds a field until it is
+                # complete (on_header counts complete ones), so what arrives in between is counted here.
+                if not req.headers_done:
+                    # headers that began earlier and still go on: all of `data` was headers
+                    req.size += len(data)
+                    if req.size > MAX_HEADER_BYTES:
+                        self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+                elif req.chunk_head and req.size == body_before:
+                    # after a chunk-size line and no data byte since: all of `data` was framing or trailers
+                    req.framing += len(data)
+                    if req.framing > MAX_HEADER_BYTES:
+                        self._fail(431, f"the request trailers exceed {MAX_HEADER_BYTES} bytes")
             return
 
     def eof_received(self) -> bool:
@@ -266,6 +274,15 @@ class HttpConnection(asyncio.Protocol):
             self._fail(413, f"request body exceeds the limit of {self.server.max_body_bytes} bytes")
             raise _StopParsing()
         req.chunks.append(body)
+
+    def on_chunk_header(self) -> None:
+        req = self.current
+        assert req is not None
+        req.chunk_head = True
+        req.framing = 0
+
+    def on_chunk_complete(self) -> None:
+        self.current.chunk_head = False  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         req = self.current

@@ -69,6 +69,7 @@ def error_body(message: str) -> bytes:
 
 class Request:
     __slots__ = (
+        "chunk_head",
         "chunked",
         "chunks",
         "complete",
@@ -76,6 +77,7 @@ class Request:
         "drain",
         "error",
         "expect_continue",
+        "framing",
         "head_bytes",
         "header_length",
         "headers",
@@ -108,6 +110,8 @@ class Request:
         self.chunked = False
         self.header_length: str | None = None      # Inference-Header-Content-Length
         self.head_bytes = 0                        # request line and header fields seen so far (then trailers)
+        self.chunk_head = False                    # a chunk-size line parsed, none of its data yet (or trailers)
+        self.framing = 0                           # bytes read since then that carried no body byte
         self.hosts = 0
         self.host = b""
         self.target: Target = (b"/", b"", "/")

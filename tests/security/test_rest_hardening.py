@@ -231,6 +231,20 @@ def test_header_size_limit_holds_on_the_first_read(secured: ServerProcess) -> No
         assert _read_answers(sock) == ([431], True)
 
 
+def test_an_endless_trailer_over_many_reads_is_refused(secured: ServerProcess) -> None:
+    with _connect(secured) as sock:
+        sock.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                     b"Authorization: Bearer %s\r\n\r\n%x\r\n%s\r\n0\r\nX-Trailer: "
+                     % (INFERENCE_KEY.encode(), len(ADD_SUB), ADD_SUB))
+        try:
+            for _ in range(40):   # one trailer value, 8 KiB at a time, never ending
+                time.sleep(0.01)
+                sock.sendall(b"v" * 8192)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert _read_answers(sock, timeout=3) == ([431], True)
+
+
 def test_the_log_has_no_traceback(secured: ServerProcess) -> None:
     """Runs last in this module: nothing above may have left a traceback in the server's log."""
     time.sleep(0.5)
