@@ -5,7 +5,13 @@ answers at once): uvicorn with httptools ~100 µs, this server ~45 µs, a bare p
 parses and answers ~30 µs. POST .../infer goes straight to the inference handler (bytes in, bytes
 out, see fastpath.infer_handler); every other request goes to the ASGI app (asgi_bridge). Keep-alive, pipelining, chunked bodies, Expect: 100-continue, HTTP/1.0, body and
 header limits, header/body/keep-alive timeouts, backpressure and graceful shutdown are handled per
-connection in http_connection.py.
+connection in http_connection.py; what the request line and headers must be (RFC 9112: target forms,
+Host, versions) is checked there when the headers are complete, and so are refusals that need no body
+(the `gate`, admission.py), before any body byte is read.
+
+llhttp (through httptools) stays the parser rather than h11: parsing a small POST costs ~0.7 µs with
+httptools and ~45 µs with h11, as much as this server's whole per-request budget. What h11 adds
+(Host rules, a header-size bound, target forms, trailers kept apart) is done on top of llhttp here.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ connection's one worker task answers the queue head, waiting for its body if nee
 requests are answered strictly in order (the worker sleeps on a future while the queue is empty). POST .../infer goes straight to the inference
 handler (bytes in, bytes out); everything else goes to the ASGI app through asgi_bridge.
 
+When a request's headers are complete, its head is checked (_check_head: header size, version, CONNECT,
+target, Host, Content-Length) and, if it announces a body, passed to the server's gate (admission.py):
+a refusal is answered in the request's turn without reading the body and without `100 Continue`.
+Chunked trailers are counted against the header limit and dropped.
+
 Errors found while parsing (malformed input, size limits, timeouts) are queued like requests: they are
 answered after the requests before them, then the connection closes. Timeouts use one lazily
 re-armed timer: moving a deadline is an assignment, a timer is scheduled only when the new deadline

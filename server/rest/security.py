@@ -2,8 +2,10 @@
 
 Order, outermost first: CORS (so even a 401 carries the allow-origin header the browser needs to
 read it, and preflights are answered without a key) -> SecurityLayer (API key per scope, body read
-deadline) -> the inference fast path -> FastAPI. Header stalls happen before any ASGI code runs;
-`guarded_http_protocol` closes those connections in uvicorn's protocol itself.
+deadline) -> the inference fast path -> FastAPI. The HTTP/1.1 server asks admission.Admission the same
+questions from the request head alone, so that a refused request's body is never read. Header stalls
+happen before any ASGI code runs; `guarded_http_protocol` closes those connections in uvicorn's
+protocol itself.
 """
 
 from __future__ import annotations
