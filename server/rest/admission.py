@@ -54,6 +54,7 @@ def route_table(routes: list[BaseRoute]) -> RouteTable:
 class Admission:
     def __init__(self, keys: KeyRing, *, cors_origins: list[str], routes: RouteTable) -> None:
         self.keys = keys
+        self.inference_open = keys.inference_open
         self.cors = cors_headers(cors_origins) if cors_origins else None
         self.routes = routes
         self._known: dict[tuple[bytes, str], tuple[Scope, int, bytes]] = {}
@@ -71,7 +72,7 @@ class Admission:
                 self._known.clear()
             self._known[key] = known
         scope, status, allow = known
-        if scope is not Scope.OPEN and not (scope is Scope.INFERENCE and self.keys.inference_open):
+        if scope is not Scope.OPEN and not (scope is Scope.INFERENCE and self.inference_open):
             authorization = None
             for name_, value in headers:
                 if name_ == b"authorization":

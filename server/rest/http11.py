@@ -21,6 +21,7 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from server.rest.fastpath import InferHandler, parse_infer_path
 from server.rest.http_connection import HttpConnection
@@ -31,8 +32,18 @@ log = logging.getLogger("modelbridge.rest")
 ASGIApp = Callable[..., Awaitable[None]]
 INF = math.inf
 ROUTE_CACHE_SIZE = 4096
-# (method, decoded path, headers) -> None, or the answer refusing the request before its body is read
-Gate = Callable[[bytes, str, Headers], "Answer | None"]
+
+
+class Gate(Protocol):
+    """Refusals decided from a request's head (admission.Admission)."""
+
+    # True when an inference request (POST .../infer) is never refused from its head (inference needs no
+    # key): the gate is then not asked for those, the one route that carries load.
+    inference_open: bool
+
+    def __call__(self, method: bytes, path: str, headers: Headers) -> Answer | None:
+        """None, or the answer refusing the request before its body is read."""
+
 # A request target as parsed once per distinct URL: (raw path, query, path), the authority of an
 # absolute-form target, and (model, version) when a POST there is an inference request.
 Route = tuple[Target, "bytes | None", "tuple[str, str] | None"]
@@ -63,8 +74,8 @@ class HttpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None
-        self._routes: dict[bytes, Route | None] = {}
-        self._hosts: set[bytes] = set()
+        self.routes: dict[bytes, Route] = {}   # see route()
+        self.hosts: set[bytes] = set()          # see host_ok()
 
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -108,7 +119,7 @@ class HttpServer:
         """The parsed request target, None when it is not acceptable (http_wire.parse_target). Clients
         repeat the same few URLs, so the answer is remembered per URL."""
         try:
-            return self._routes[url]
+            return self.routes[url]
         except KeyError:
             pass
         parsed = parse_target(method, url)
@@ -117,21 +128,21 @@ class HttpServer:
         target, authority = parsed
         route = (target, authority, parse_infer_path(target[2]) if self.infer is not None else None)
         if url != b"*":   # the one target whose acceptability depends on the method
-            if len(self._routes) >= ROUTE_CACHE_SIZE:
-                self._routes.clear()
-            self._routes[url] = route
+            if len(self.routes) >= ROUTE_CACHE_SIZE:
+                self.routes.clear()
+            self.routes[url] = route
         return route
 
     def host_ok(self, value: bytes) -> bool:
         """Whether a Host value is a valid host[:port]; clients send the same few, so a valid one is
         remembered (a set lookup costs a tenth of the match)."""
-        if value in self._hosts:
+        if value in self.hosts:
             return True
         if not valid_host(value):
             return False
-        if len(self._hosts) >= ROUTE_CACHE_SIZE:
-            self._hosts.clear()
-        self._hosts.add(value)
+        if len(self.hosts) >= ROUTE_CACHE_SIZE:
+            self.hosts.clear()
+        self.hosts.add(value)
         return True
 
     def connection_closed(self, conn: HttpConnection) -> None:

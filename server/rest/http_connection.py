@@ -175,8 +175,7 @@ class HttpConnection(asyncio.Protocol):
         self.current.url += url  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self.current
-        assert req is not None
+        req: Request = self.current  # type: ignore[assignment]
         req.head_bytes += len(name) + len(value) + 4
         if req.head_bytes > MAX_HEADER_BYTES:
             self._fail(431, f"the request {'trailers' if req.headers_done else 'headers'} exceed "
@@ -214,8 +213,9 @@ class HttpConnection(asyncio.Protocol):
         server = self.server
         if not self._check_head(req):
             raise _StopParsing()
-        if server.gate is not None and (req.content_length or req.chunked):
-            refused = server.gate(req.method, req.target[2], req.headers)
+        gate = server.gate
+        if gate is not None and (req.content_length or req.chunked) and (req.infer is None or not gate.inference_open):
+            refused = gate(req.method, req.target[2], req.headers)
             if refused is not None:
                 # Answered in its turn, before its body: the body is dropped as it arrives when it is
                 # small and will come, else never read (the connection closes after the answer).
@@ -247,7 +247,8 @@ class HttpConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             self._fail(405, "CONNECT is not supported: this server is not a proxy", (_ALLOW,))
             return False
-        route = self.server.route(req.method, req.url)
+        server = self.server
+        route = server.routes.get(req.url) or server.route(req.method, req.url)
         if route is None:
             self._fail(400, f"malformed HTTP request: {req.url[:200]!r} is not a request target this server accepts")
             return False
@@ -257,15 +258,15 @@ class HttpConnection(asyncio.Protocol):
         if req.hosts > 1 or (req.hosts == 0 and req.http_version != "1.0"):
             self._fail(400, "malformed HTTP request: an HTTP/1.1 request needs exactly one Host header")
             return False
-        if req.hosts and not self.server.host_ok(req.host):
+        if req.hosts and req.host not in server.hosts and not server.host_ok(req.host):
             self._fail(400, "malformed HTTP request: the Host header is not a valid host[:port]")
             return False
         if authority is not None and req.hosts:
             # RFC 9112 3.2.2: the absolute-form's authority replaces Host
             req.headers = [(n, authority if n == b"host" else v) for n, v in req.headers]
-        if req.content_length > self.server.max_body_bytes:
+        if req.content_length > server.max_body_bytes:
             self._fail(413, f"request body of {req.content_length} bytes exceeds the limit of "
-                            f"{self.server.max_body_bytes} bytes")
+                            f"{server.max_body_bytes} bytes")
             return False
         return True
 

@@ -329,7 +329,7 @@ def test_chunked_body_past_the_limit(served: ThreadedServer) -> None:
 
 @pytest.mark.parametrize("garbage", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
                                      b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n",
-                                     b"POST /v2/models/add_sub/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
+                                     b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
 def test_malformed_http_is_400_and_closed(served: ThreadedServer, garbage: bytes) -> None:
     with connect(served) as sock:
         sock.sendall(garbage)
