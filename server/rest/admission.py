@@ -74,8 +74,8 @@ class Admission:
         scope, status, allow = known
         if scope is not Scope.OPEN and not (scope is Scope.INFERENCE and self.inference_open):
             authorization = None
-            for name_, value in headers:
-                if name_ == b"authorization":
+            for field, value in headers:
+                if field == b"authorization":
                     authorization = value
                     break
             refused = refusal(self.keys, method.decode("latin-1"), path, authorization)

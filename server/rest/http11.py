@@ -46,7 +46,7 @@ class Gate(Protocol):
 
 # A request target as parsed once per distinct URL: (raw path, query, path), the authority of an
 # absolute-form target, and (model, version) when a POST there is an inference request.
-Route = tuple[Target, "bytes | None", "tuple[str, str] | None"]
+Route = tuple[Target, bytes | None, tuple[str, str] | None]
 
 __all__ = ["HttpConnection", "HttpServer"]
 
