@@ -29,6 +29,7 @@ from server.core.poller import RepositoryPoller
 from server.core.repository import ModelRepository, bundled_repository, default_repository
 from server.core.sequences import SequenceStore
 from server.core.service import InferenceService
+from server.rest.admission import Admission, route_table
 from server.rest.app import create_app
 from server.rest.fastpath import infer_handler, secure_infer
 from server.rest.http11 import HttpServer
@@ -129,9 +130,11 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     await asyncio.to_thread(service.start)
     log.info("models: %s", [e["name"] + "/" + e["version"] for e in service.repository_index(ready_only=True)])
     origins = parse_origins(settings.cors_origins)
-    api = secure_app(create_app(service, max_body_bytes=settings.max_body_bytes), keys, cors_origins=origins,
+    fastapi_app = create_app(service, max_body_bytes=settings.max_body_bytes)
+    api = secure_app(fastapi_app, keys, cors_origins=origins,
                      body_timeout_secs=0)   # HttpServer enforces the body deadline itself
-    rest_server = HttpServer(api, infer=secure_infer(infer_handler(service), keys, cors_origins=origins),
+    gate = Admission(keys, cors_origins=origins, routes=route_table(fastapi_app.router.routes))
+    rest_server = HttpServer(api, infer=secure_infer(infer_handler(service), keys, cors_origins=origins), gate=gate,
                              max_body_bytes=settings.max_body_bytes, header_timeout=settings.header_timeout_secs,
                              body_timeout=settings.body_timeout_secs, max_concurrency=settings.max_concurrent_requests)
     rest_sock = None

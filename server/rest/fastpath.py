@@ -81,27 +81,9 @@ def error_result(status: int, message: str, retry_after: float | None,
 def secure_infer(handler: InferHandler, keys: KeyRing, *, cors_origins: list[str]) -> InferHandler:
     """What server.rest.security's layers do for POST .../infer, for a server that calls `handler` without
     ASGI: the API key check (inference scope), and CORSMiddleware's headers on the answer."""
-    from server.rest.security import CORS_EXPOSE
+    from server.rest.security import cors_headers
 
-    allow_all = "*" in cors_origins
-    allowed = {o.encode("latin-1") for o in cors_origins}
-    expose = ", ".join(CORS_EXPOSE).encode()
-
-    def cors(headers: Headers, answer: Headers) -> Headers:
-        origin = None
-        for name, value in headers:
-            if name == b"origin":
-                origin = value
-                break
-        extra = list(answer)
-        if origin is not None:
-            extra.append((b"access-control-expose-headers", expose))
-            if allow_all:
-                extra.append((b"access-control-allow-origin", b"*"))
-            elif origin in allowed:
-                extra.append((b"access-control-allow-origin", origin))
-        extra.append((b"vary", b"Origin"))
-        return extra
+    cors = cors_headers(cors_origins)
 
     async def handle(model: str, version: str, body: bytes, header_length: str | None,
                      headers: Headers) -> InferResult:

@@ -6,6 +6,11 @@ connection's one worker task answers the queue head, waiting for its body if nee
 requests are answered strictly in order (the worker sleeps on a future while the queue is empty). POST .../infer goes straight to the inference
 handler (bytes in, bytes out); everything else goes to the ASGI app through asgi_bridge.
 
+When a request's headers are complete, its head is checked (_check_head: header size, version, CONNECT,
+target, Host, Content-Length) and, if it announces a body, passed to the server's gate (admission.py):
+a refusal is answered in the request's turn without reading the body and without `100 Continue`.
+Chunked trailers are counted against the header limit and dropped.
+
 Errors found while parsing (malformed input, size limits, timeouts) are queued like requests: they are
 answered after the requests before them, then the connection closes. Timeouts use one lazily
 re-armed timer: moving a deadline is an assignment, a timer is scheduled only when the new deadline
@@ -24,7 +29,7 @@ import httptools
 
 from server.rest import asgi_bridge, http_wire
 from server.rest.asgi_bridge import Exchange
-from server.rest.http_wire import Request, split_target
+from server.rest.http_wire import Request
 
 if TYPE_CHECKING:
     from server.rest.http11 import HttpServer
@@ -33,11 +38,16 @@ log = logging.getLogger("modelbridge.rest")
 
 INF = math.inf
 LINGER_SECS = 2.0   # after an error answer, read and drop what the client still sends, so close() sends no RST
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024   # request line and header fields, and again for trailers
+# A refused request's body up to this size is read and dropped and the connection kept; a larger one (or a
+# chunked one, or one the client holds back for `100 Continue`) is not read: the connection closes.
+DRAIN_MAX_BYTES = 64 * 1024
+# CONNECT is for proxies; 405 must name what the server does support (RFC 9110 15.5.6).
+_ALLOW = (b"allow", b"GET, HEAD, POST, PUT, OPTIONS")
 
 # Request headers the connection itself acts on (the rest are only passed on).
 _FRAMING_HEADERS = {b"content-length": 1, b"inference-header-content-length": 2, b"transfer-encoding": 3,
-                    b"expect": 4}
+                    b"expect": 4, b"host": 5}
 
 
 class _StopParsing(Exception):
@@ -95,23 +105,33 @@ class HttpConnection(asyncio.Protocol):
         self.server.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.stopped:
+        # A loop, not a call per request after an upgrade: thousands of pipelined ones must not recurse.
+        while data and not self.stopped:
+            req = self.current
+            body_before = req.size if req is not None and req.headers_done else -1
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                data = self._after_upgrade(data, int(exc.args[0]))
+                continue
+            except httptools.HttpParserError as exc:
+                if not self.stopped:   # not our own _StopParsing
+                    self._fail(400, f"malformed HTTP request: {exc}")
+                return
+            if req is not None and req is self.current:
+                # llhttp sets no limit on headers and trailers, and httptools holds a field until it is
+                # complete (on_header counts complete ones), so what arrives in between is counted here.
+                if not req.headers_done:
+                    # headers that began earlier and still go on: all of `data` was headers
+                    req.size += len(data)
+                    if req.size > MAX_HEADER_BYTES:
+                        self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+                elif req.chunk_head and req.size == body_before:
+                    # after a chunk-size line and no data byte since: all of `data` was framing or trailers
+                    req.framing += len(data)
+                    if req.framing > MAX_HEADER_BYTES:
+                        self._fail(431, f"the request trailers exceed {MAX_HEADER_BYTES} bytes")
             return
-        req = self.current
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data, int(exc.args[0]))
-        except httptools.HttpParserError as exc:
-            if not self.stopped:   # not our own _StopParsing
-                self._fail(400, f"malformed HTTP request: {exc}")
-        else:
-            if req is not None and not req.headers_done and req is self.current:
-                # Headers that began earlier and still go on: all of `data` was headers. llhttp sets no
-                # limit on them; without one a client could send headers forever.
-                req.size += len(data)
-                if req.size > MAX_HEADER_BYTES:
-                    self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -155,20 +175,30 @@ class HttpConnection(asyncio.Protocol):
         self.current.url += url  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        req: Request = self.current  # type: ignore[assignment]
+        req.head_bytes += len(name) + len(value) + 4
+        if req.head_bytes > MAX_HEADER_BYTES:
+            self._fail(431, f"the request {'trailers' if req.headers_done else 'headers'} exceed "
+                            f"{MAX_HEADER_BYTES} bytes")
+            raise _StopParsing()
+        if req.headers_done:
+            return   # a chunked body's trailer field: never a credential, never framing; dropped
         name = name.lower()
-        req = self.current
-        req.headers.append((name, value))  # type: ignore[union-attr]
+        req.headers.append((name, value))
         kind = _FRAMING_HEADERS.get(name)
         if kind is None:
             return
         if kind == 1:
-            req.content_length = int(value)  # type: ignore[union-attr]  # llhttp has checked the digits
+            req.content_length = int(value)  # llhttp has checked the digits
         elif kind == 2:
-            req.header_length = value.decode("latin-1")  # type: ignore[union-attr]
+            req.header_length = value.decode("latin-1")
         elif kind == 3:
-            req.chunked = True  # type: ignore[union-attr]
+            req.chunked = True
+        elif kind == 5:
+            req.hosts += 1
+            req.host = value
         elif value.lower() == b"100-continue":
-            req.expect_continue = True  # type: ignore[union-attr]
+            req.expect_continue = True
 
     def on_headers_complete(self) -> None:
         req = self.current
@@ -181,10 +211,20 @@ class HttpConnection(asyncio.Protocol):
         req.size = 0   # from here on, the body's size
         self.queue.append(req)
         server = self.server
-        if req.content_length > server.max_body_bytes:
-            self._fail(413, f"request body of {req.content_length} bytes exceeds the limit of "
-                            f"{server.max_body_bytes} bytes")
+        if not self._check_head(req):
             raise _StopParsing()
+        gate = server.gate
+        if gate is not None and (req.content_length or req.chunked) and (req.infer is None or not gate.inference_open):
+            refused = gate(req.method, req.target[2], req.headers)
+            if refused is not None:
+                # Answered in its turn, before its body: the body is dropped as it arrives when it is
+                # small and will come, else never read (the connection closes after the answer).
+                if (req.chunked or req.expect_continue or req.content_length > DRAIN_MAX_BYTES
+                        or not req.keep_alive):
+                    self._refuse(refused)
+                    raise _StopParsing()
+                req.error = refused
+                req.drain = True
         if (req.content_length or req.chunked) and not req.expect_continue:
             self._set_deadline(self.loop.time() + server.body_timeout)
         else:
@@ -194,13 +234,61 @@ class HttpConnection(asyncio.Protocol):
         if not self.busy:
             self._kick()
 
+    def _check_head(self, req: Request) -> bool:
+        """What the request line and headers must be before anything else is done (RFC 9112 3); False
+        after answering the request with an error."""
+        if req.head_bytes + len(req.url) > MAX_HEADER_BYTES:
+            self._fail(431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+            return False
+        if req.http_version != "1.1" and req.http_version != "1.0":
+            # llhttp takes "HTTP/0.9" and "HTTP/2.0" request lines, which are neither (RFC 9112 2.3)
+            self._fail(505, f"HTTP/{req.http_version} is not supported: this port speaks HTTP/1.1 and HTTP/1.0")
+            return False
+        if req.method == b"CONNECT":
+            self._fail(405, "CONNECT is not supported: this server is not a proxy", (_ALLOW,))
+            return False
+        server = self.server
+        route = server.routes.get(req.url) or server.route(req.method, req.url)
+        if route is None:
+            self._fail(400, f"malformed HTTP request: {req.url[:200]!r} is not a request target this server accepts")
+            return False
+        req.target, authority, infer = route
+        if req.method == b"POST":
+            req.infer = infer
+        if req.hosts > 1 or (req.hosts == 0 and req.http_version != "1.0"):
+            self._fail(400, "malformed HTTP request: an HTTP/1.1 request needs exactly one Host header")
+            return False
+        if req.hosts and req.host not in server.hosts and not server.host_ok(req.host):
+            self._fail(400, "malformed HTTP request: the Host header is not a valid host[:port]")
+            return False
+        if authority is not None and req.hosts:
+            # RFC 9112 3.2.2: the absolute-form's authority replaces Host
+            req.headers = [(n, authority if n == b"host" else v) for n, v in req.headers]
+        if req.content_length > server.max_body_bytes:
+            self._fail(413, f"request body of {req.content_length} bytes exceeds the limit of "
+                            f"{server.max_body_bytes} bytes")
+            return False
+        return True
+
     def on_body(self, body: bytes) -> None:
         req = self.current
-        req.size += len(body)  # type: ignore[union-attr]
-        if req.size > self.server.max_body_bytes:  # type: ignore[union-attr]
+        assert req is not None
+        if req.drain:
+            return
+        req.size += len(body)
+        if req.size > self.server.max_body_bytes:
             self._fail(413, f"request body exceeds the limit of {self.server.max_body_bytes} bytes")
             raise _StopParsing()
-        req.chunks.append(body)  # type: ignore[union-attr]
+        req.chunks.append(body)
+
+    def on_chunk_header(self) -> None:
+        req = self.current
+        assert req is not None
+        req.chunk_head = True
+        req.framing = 0
+
+    def on_chunk_complete(self) -> None:
+        self.current.chunk_head = False  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         req = self.current
@@ -210,24 +298,30 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = INF
         if req.waiter is not None and not req.waiter.done():
             req.waiter.set_result(None)
+        if req.drain and not self.busy:
+            self._idle()   # answered before its body ended: the keep-alive deadline starts now
 
-    def _after_upgrade(self, data: bytes, offset: int) -> None:
+    def _after_upgrade(self, data: bytes, offset: int) -> bytes:
         """httptools stops at an Upgrade request (h2c, websocket); this server speaks HTTP/1.1 only, so the
-        request is answered as a plain one and parsing resumes with a fresh parser."""
+        request is answered as a plain one (RFC 9110 7.8 lets a server ignore Upgrade) and parsing resumes
+        with a fresh parser. Returns the input still to parse."""
         last = self.queue[-1] if self.queue else None
         if last is not None and (last.content_length or last.chunked):
             # llhttp stops before such a body: there is no telling where the next request starts.
             last.complete = False
             self.current = last
             self._fail(400, "an Upgrade request with a body is not supported")
-            return
+            return b""
         self.parser = httptools.HttpRequestParser(self)
-        if offset < len(data):
-            self.data_received(data[offset:])
+        return data[offset:]
 
     # -- errors, timeouts, closing ------------------------------------------------------------------
-    def _fail(self, status: int, message: str) -> None:
+    def _fail(self, status: int, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer `status` after the requests already queued, then close. Input is no longer parsed."""
+        self._refuse((status, [http_wire.JSON_TYPE, *extra], http_wire.error_body(message)))
+
+    def _refuse(self, answer: http_wire.Answer) -> None:
+        """Answer with `answer` after the requests already queued, then close. Input is no longer parsed."""
         self.stopped = True
         self.deadline = INF
         req = self.current
@@ -236,7 +330,8 @@ class HttpConnection(asyncio.Protocol):
             req = Request()
             req.headers_done = True
             self.queue.append(req)
-        req.error = (status, message)
+        req.drain = False
+        req.error = answer
         if req.waiter is not None and not req.waiter.done():
             req.waiter.set_result(None)
         if not self.busy and not self.closed:
@@ -353,13 +448,15 @@ class HttpConnection(asyncio.Protocol):
                     if self.closed:
                         return True
                 if req.error is not None:
-                    self._write_error(req, *req.error, keep_alive=False)
-                    self.queue.clear()
-                    self._linger_close()
-                    return True
-                target = server.infer_target(req.url) if req.method == b"POST" else None
-                if target is not None:
-                    keep_alive = await self._infer(req, target)
+                    if not req.drain:
+                        req.keep_alive = False
+                        self.write_response(req, *req.error)
+                        self.queue.clear()
+                        self._linger_close()
+                        return True
+                    keep_alive = self.write_response(req, *req.error)
+                elif req.infer is not None:
+                    keep_alive = await self._infer(req, req.infer)
                 else:
                     keep_alive = await self._answer(req)
                 self.queue.popleft()
@@ -419,7 +516,7 @@ class HttpConnection(asyncio.Protocol):
         server = self.server
         if server.max_concurrency and server.over_limit():
             return self._write_busy(req)
-        raw_path, query, path = split_target(req.url)
+        raw_path, query, path = req.target
         server.active += 1
         try:
             return await asgi_bridge.run(self, req, path, raw_path, query)

@@ -2,8 +2,10 @@
 
 Order, outermost first: CORS (so even a 401 carries the allow-origin header the browser needs to
 read it, and preflights are answered without a key) -> SecurityLayer (API key per scope, body read
-deadline) -> the inference fast path -> FastAPI. Header stalls happen before any ASGI code runs;
-`guarded_http_protocol` closes those connections in uvicorn's protocol itself.
+deadline) -> the inference fast path -> FastAPI. The HTTP/1.1 server asks admission.Admission the same
+questions from the request head alone, so that a refused request's body is never read. Header stalls
+happen before any ASGI code runs; `guarded_http_protocol` closes those connections in uvicorn's
+protocol itself.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from server.rest.errors import HTTP_STATUS
 
 ASGIApp = Callable[..., Awaitable[None]]
 Message = dict[str, Any]
+Headers = list[tuple[bytes, bytes]]
 
 # What a browser client needs to send and to read back (binary extension, ETag cache, overload).
 CORS_HEADERS = ["Authorization", "Content-Type", "Inference-Header-Content-Length", "If-None-Match"]
@@ -54,6 +57,33 @@ def refusal(keys: KeyRing, method: str, path: str, authorization: bytes | str | 
         extra = [(b"www-authenticate", b'Bearer realm="modelbridge"')] if exc.kind is ErrorKind.UNAUTHENTICATED else []
         return HTTP_STATUS[exc.kind], exc.message, extra
     return None
+
+
+def cors_headers(cors_origins: list[str]) -> Callable[[Headers, Headers], Headers]:
+    """For answers made without CORSMiddleware (the inference fast path, refusals decided from the request
+    head): (request headers, answer headers) -> the answer headers plus what CORSMiddleware adds to a
+    simple (non-preflight) response."""
+    allow_all = "*" in cors_origins
+    allowed = {o.encode("latin-1") for o in cors_origins}
+    expose = ", ".join(CORS_EXPOSE).encode()
+
+    def add(headers: Headers, answer: Headers) -> Headers:
+        origin = None
+        for name, value in headers:
+            if name == b"origin":
+                origin = value
+                break
+        extra = list(answer)
+        if origin is not None:
+            extra.append((b"access-control-expose-headers", expose))
+            if allow_all:
+                extra.append((b"access-control-allow-origin", b"*"))
+            elif origin in allowed:
+                extra.append((b"access-control-allow-origin", origin))
+        extra.append((b"vary", b"Origin"))
+        return extra
+
+    return add
 
 
 class _BodyStalled(BaseException):

@@ -20,6 +20,7 @@ import uvloop
 from server.core.auth import KeyRing
 from server.core.repository import ModelRepository
 from server.core.service import InferenceService
+from server.rest.admission import Admission, route_table
 from server.rest.app import create_app
 from server.rest.fastpath import infer_handler, secure_infer
 from server.rest.http11 import HttpServer
@@ -328,7 +329,7 @@ def test_chunked_body_past_the_limit(served: ThreadedServer) -> None:
 
 @pytest.mark.parametrize("garbage", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
                                      b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n",
-                                     b"POST /v2/models/add_sub/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
+                                     b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
 def test_malformed_http_is_400_and_closed(served: ThreadedServer, garbage: bytes) -> None:
     with connect(served) as sock:
         sock.sendall(garbage)
@@ -571,8 +572,10 @@ def test_security_layers_on_both_paths(service: InferenceService) -> None:
     admin, inference = "admin-key-0123456789abcdef", "infer-key-0123456789abcdef"
     keys = KeyRing(admin_keys=(admin.encode(),), inference_keys=(inference.encode(),))
     origins = ["http://ui.example"]
-    app = secure_app(create_app(service, max_body_bytes=LIMIT), keys, cors_origins=origins, body_timeout_secs=0)
-    srv = ThreadedServer(app, secure_infer(infer_handler(service), keys, cors_origins=origins))
+    fastapi_app = create_app(service, max_body_bytes=LIMIT)
+    app = secure_app(fastapi_app, keys, cors_origins=origins, body_timeout_secs=0)
+    gate = Admission(keys, cors_origins=origins, routes=route_table(fastapi_app.router.routes))
+    srv = ThreadedServer(app, secure_infer(infer_handler(service), keys, cors_origins=origins), gate=gate)
     try:
         with httpx.Client(base_url=srv.url, timeout=10) as http:
             for method, path in (("GET", "/v2/models/add_sub"), ("POST", "/v2/models/add_sub/infer")):
@@ -587,9 +590,13 @@ def test_security_layers_on_both_paths(service: InferenceService) -> None:
                 "Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "authorization, inference-header-content-length"})
             assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ui.example"
+            # refused from the request head (admission), with the same CORS headers
             r = http.put("/v2/repository/models/m/versions/1", content=b"x",
-                         headers={"Authorization": f"Bearer {inference}"})
-            assert r.status_code == 403
+                         headers={"Authorization": f"Bearer {inference}", "Origin": "http://ui.example"})
+            assert r.status_code == 403 and r.headers["access-control-allow-origin"] == "http://ui.example"
+            r = http.post("/v2/models/add_sub/infer", content=iter([ADD_SUB]), headers={"Origin": "http://ui.example"})
+            assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "http://ui.example"
+            assert r.headers["www-authenticate"].startswith("Bearer")
             assert http.get("/v2/health/ready").status_code == 200
     finally:
         srv.stop()
