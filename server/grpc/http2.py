@@ -52,6 +52,7 @@ MAX_HEADER_BLOCK = 128 * 1024  # encoded, HEADERS + CONTINUATION (h2 alone allow
 # that do no work (PING, SETTINGS, PRIORITY, unknown types, empty DATA, WINDOW_UPDATEs nothing waited on).
 MAX_RESETS_PER_SEC = 200
 MAX_CONTROL_PER_SEC = 2000
+CONTROL_PER_REQUEST = 4   # and this many more per request in that second (grpc-core acknowledges, pings)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _RAW = b"\x00raw"   # a header "name" that carries an already encoded block through h2.send_headers
@@ -342,6 +343,7 @@ class Connection(asyncio.Protocol):
         self._control = 0
         self._resets_seen = 0
         self._stray_seen = 0
+        self._requests = 0
 
     # ---- transport ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -499,8 +501,8 @@ class Connection(asyncio.Protocol):
                 self._abort(stream, INTERNAL_ERROR)
             if self.closed or self.dead:
                 return
-        if h.resets - self._resets_seen > MAX_RESETS_PER_SEC \
-                or self._control + h.stray - self._stray_seen > MAX_CONTROL_PER_SEC:
+        if h.resets - self._resets_seen > MAX_RESETS_PER_SEC or self._control + h.stray - self._stray_seen \
+                > MAX_CONTROL_PER_SEC + CONTROL_PER_REQUEST * self._requests:
             self._rate_check()
             if self.dead:
                 return
@@ -533,13 +535,14 @@ class Connection(asyncio.Protocol):
         if now - self._window_start < 1.0:
             if resets > MAX_RESETS_PER_SEC:
                 self.goaway(ENHANCE_YOUR_CALM, f"more than {MAX_RESETS_PER_SEC} stream resets in a second")
-            elif control > MAX_CONTROL_PER_SEC:
-                self.goaway(ENHANCE_YOUR_CALM, f"more than {MAX_CONTROL_PER_SEC} control frames in a second")
+            elif control > MAX_CONTROL_PER_SEC + CONTROL_PER_REQUEST * self._requests:
+                self.goaway(ENHANCE_YOUR_CALM, f"{control} control frames in a second for {self._requests} requests")
             return
         self._window_start = now
         self._resets_seen = self.h2.resets
         self._stray_seen = self.h2.stray
         self._control = 0
+        self._requests = 0
 
     def _event(self, event: h2.events.Event) -> None:
         kind = event.__class__
@@ -596,6 +599,7 @@ class Connection(asyncio.Protocol):
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
+        self._requests += 1
         if self.going_away:
             self.h2.reset_stream(sid, REFUSED_STREAM)
             return
