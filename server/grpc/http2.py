@@ -108,7 +108,18 @@ class _Encoder(hpack.Encoder):
 
 
 class _FrameBuffer(h2.frame_buffer.FrameBuffer):
-    """Bounds a header block while it accumulates over CONTINUATION frames (h2 counts only frames)."""
+    """Refuses an oversized frame from its header (h2 would first buffer all of it, up to 16 MiB), and
+    bounds a header block while it accumulates over CONTINUATION frames (h2 counts only frames)."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9:
+            length = data[0] << 16 | data[1] << 8 | data[2]
+            if length > self.max_frame_size:
+                raise h2.exceptions.FrameTooLargeError(f"frame of {length} bytes")
+            if length and data[3] == 0x4 and data[4] & 0x1:   # RFC 9113 §6.5 (h2 says PROTOCOL_ERROR)
+                raise h2.exceptions.FrameDataMissingError("SETTINGS ACK with a payload")
+        return super().__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         out = super()._update_header_buffer(f)
