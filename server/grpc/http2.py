@@ -55,6 +55,7 @@ MAX_CONTROL_PER_SEC = 2000
 CONTROL_PER_REQUEST = 4   # and this many more per request in that second (grpc-core acknowledges, pings)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+LINGER = 1.0   # seconds a connection ended on an error keeps reading (and dropping) before it closes
 _RAW = b"\x00raw"   # a header "name" that carries an already encoded block through h2.send_headers
 _UNCOUNTED_RESETS = frozenset({NO_ERROR, CANCEL})   # codes of our own RSTs that are not the client's fault
 
@@ -459,7 +460,7 @@ class Connection(asyncio.Protocol):
         self.h2.goaway_frame(code, message)
         if code != NO_ERROR:
             if message:
-                log.info("gRPC connection from %s closed: %s", self.peer or "?", message)
+                log.info("gRPC connection from %s closed: %s (%s)", self.peer or "?", message, _name(code))
             self._close_all()
         elif not self.streams:
             self.close_transport()
@@ -467,11 +468,22 @@ class Connection(asyncio.Protocol):
             self.flush()
 
     def _close_all(self) -> None:
+        """After a GOAWAY for an error: drop every stream, then close the way RFC 9113 §5.4.1 wants the
+        GOAWAY read: our side shut for writing, the peer's bytes read and dropped for a moment, so the
+        kernel does not answer them with a TCP reset that destroys the GOAWAY before the peer reads it."""
         self.dead = True
         for stream in list(self.streams.values()):
             self._drop(stream)
         self.streams.clear()
-        self.close_transport()
+        self.flush()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._paused or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.loop.call_later(LINGER, transport.close)
 
     # ---- receiving ----
     def data_received(self, data: bytes) -> None:
@@ -489,8 +501,7 @@ class Connection(asyncio.Protocol):
             # h2 has queued a GOAWAY with the code RFC 9113 names for this error.
             self.going_away = True
             log.info("gRPC connection from %s closed: %s (%s)", self.peer or "?", str(exc)[:200],
-                     ErrorCodes(exc.error_code).name if exc.error_code in ErrorCodes._value2member_map_
-                     else exc.error_code)
+                     _name(exc.error_code))
             self._close_all()
             return
         except Exception as exc:  # noqa: BLE001 - the catch-all: no input may end a connection silently
@@ -666,6 +677,13 @@ class Connection(asyncio.Protocol):
             stream.consumed(size - len(data))   # padding reaches no handler: give its window back now
         if data:
             stream.handler.on_data(data)
+
+
+def _name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)
 
 
 def encode_literal(name: str, value: str | bytes) -> bytes:

@@ -94,6 +94,7 @@ class Conn:
         host, port = addr.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.buf = bytearray()
+        self.send_failed = False
         self.answer = Answer()
         self._decoder = hpack.Decoder()
         if preface:
@@ -103,7 +104,7 @@ class Conn:
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
-            self.answer.closed = True
+            self.send_failed = True
 
     def read(self, until: float = 3.0, *, stop: object = None) -> Answer:
         """Read frames for up to `until` seconds, or until the connection closes, or `stop(answer)`."""
