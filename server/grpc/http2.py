@@ -30,7 +30,9 @@ import h2.frame_buffer
 import h2.settings
 import hpack
 import hpack.exceptions
+from h2.connection import ConnectionInputs
 from h2.errors import ErrorCodes
+from h2.stream import H2Stream, StreamInputs
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 log = logging.getLogger("modelbridge.grpc")
@@ -78,12 +80,33 @@ class _CompressionError(h2.exceptions.ProtocolError):
 
 class _Decoder(hpack.Decoder):
     """Remembers whether the last block decoded whole (the dynamic table then matches the peer's, so an
-    error after it may end one stream), and calls a bad block COMPRESSION_ERROR as RFC 9113 §4.3 does."""
+    error after it may end one stream), calls a bad block COMPRESSION_ERROR as RFC 9113 §4.3 does, and
+    decodes a repeated block once.
+
+    Clients repeat a request's header block byte for byte once its fields are in the dynamic table, and
+    pure-Python HPACK is a large part of a call's cost. A block decodes the same way again while the table
+    is unchanged, so: a block that changed the table (an insertion, a resize) is never cached and empties
+    the cache; a block that starts with a table-size update is never cached either, even when the update
+    was a no-op, because replaying it from the cache would skip it when it no longer is (issue 13 item 6).
+    """
 
     ok = False
+    hit = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache: dict[bytes, list[Any]] = {}
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         self.ok = False
+        cached = self.cache.get(data) if raw else None
+        if cached is not None:
+            self.ok = self.hit = True
+            return list(cached)
+        self.hit = False
+        table = self.header_table
+        entries = table.dynamic_entries
+        before = (len(entries), id(entries[0]) if entries else 0, table.maxsize)
         try:
             headers = super().decode(data, raw)
         except hpack.exceptions.OversizedHeaderListError:
@@ -91,6 +114,10 @@ class _Decoder(hpack.Decoder):
         except (hpack.exceptions.HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
             raise _CompressionError(f"bad header block: {exc}") from None
         self.ok = True
+        if (len(entries), id(entries[0]) if entries else 0, table.maxsize) != before:
+            self.cache.clear()
+        elif raw and data and data[0] & 0xE0 != 0x20 and len(self.cache) < 64:
+            self.cache[data] = list(headers)
         return headers
 
 
@@ -141,6 +168,7 @@ class _H2(h2.connection.H2Connection):
         self.decoder = self.hpack_in = _Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.max_streams = max_streams
+        self.validated: set[bytes] = set()   # cached request blocks that passed h2's validation
         self.resets = 0   # RST_STREAMs we sent for the client's faults (the rate limit reads it)
         self.stray = 0    # RST_STREAM(STREAM_CLOSED)s h2 answered frames on closed streams with
         self.incoming_buffer = _FrameBuffer(server=True)
@@ -150,8 +178,8 @@ class _H2(h2.connection.H2Connection):
         sid = frame.stream_id
         if len(frame.data) > MAX_HEADER_BLOCK:
             raise h2.exceptions.DenialOfServiceError(f"header block of {len(frame.data)} bytes")
-        if sid not in self.streams and sid > self.highest_inbound_stream_id and sid % 2 \
-                and self.open_inbound_streams >= self.max_streams:
+        if len(self.streams) >= self.max_streams and sid not in self.streams \
+                and sid > self.highest_inbound_stream_id and sid % 2 and self.open_inbound_streams >= self.max_streams:
             # Over SETTINGS_MAX_CONCURRENT_STREAMS: a stream error (RFC 9113 §5.1.2), not h2's GOAWAY. The
             # block is still decoded so the HPACK table stays the peer's.
             self.hpack_in.decode(frame.data, raw=True)
@@ -159,8 +187,20 @@ class _H2(h2.connection.H2Connection):
             self._closed_streams[sid] = h2.connection.StreamClosedBy.SEND_RST_STREAM
             return [RstStreamFrame(sid, error_code=REFUSED_STREAM)], []
         self.hpack_in.ok = False
+        # A request block that decoded from the cache was validated the first time it came, as a request:
+        # the same fields get the same verdict (trailers, on an existing stream, are always validated).
+        config = self.config
+        request = sid not in self.streams
+        skip = request and frame.data in self.validated and frame.data in self.hpack_in.cache
+        if not skip:
+            self.validated.discard(frame.data)
         try:
-            return super()._receive_headers_frame(frame)
+            if skip:
+                config.validate_inbound_headers = False
+            out = super()._receive_headers_frame(frame)
+            if request and not skip and self.hpack_in.ok and frame.data in self.hpack_in.cache:
+                self.validated.add(frame.data)
+            return out
         except h2.exceptions.ProtocolError as exc:
             stream = self.streams.get(sid)
             if type(exc) is not h2.exceptions.ProtocolError or not self.hpack_in.ok or stream is None:
@@ -170,6 +210,10 @@ class _H2(h2.connection.H2Connection):
             if not stream.closed:
                 self.reset_stream(sid, PROTOCOL_ERROR)
             return [], [h2.events.StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)]
+        finally:
+            config.validate_inbound_headers = True
+            if len(self.validated) > len(self.hpack_in.cache):   # the cache was emptied: so is this
+                self.validated.intersection_update(self.hpack_in.cache)
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
         # h2 would close its state machine at once; RFC 9113 §6.8 lets streams the peer already opened
@@ -189,6 +233,38 @@ class _H2(h2.connection.H2Connection):
                 elif code not in _UNCOUNTED_RESETS:
                     self.resets += 1
         super()._prepare_for_sending(frames)
+
+    # The response hot path. h2's send_headers/send_data cost more than the rest of a small call (header
+    # list re-encoding, validation flags, frame objects, serialization); these do the same state changes
+    # through h2's own state machines and flow-control counters, and write the frames' bytes directly.
+    def headers_bytes(self, stream: H2Stream, block: bytes, end_stream: bool) -> bytes:
+        if self.encoder.header_table.resized:
+            block = self.encoder.encode([(_RAW, block)])
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_HEADERS)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        sid = stream.stream_id
+        limit = self.max_outbound_frame_size
+        if len(block) <= limit:
+            return _frame(0x1, 0x5 if end_stream else 0x4, sid, block)   # HEADERS, END_HEADERS (+END_STREAM)
+        parts = [block[i:i + limit] for i in range(0, len(block), limit)]   # HEADERS, then CONTINUATIONs
+        return _frame(0x1, 0x1 if end_stream else 0x0, sid, parts[0]) + b"".join(
+            _frame(0x9, 0x4 if i == len(parts) - 1 else 0x0, sid, part) for i, part in enumerate(parts) if i)
+
+    def data_bytes(self, stream: H2Stream, payload: bytes) -> bytes:
+        """One DATA frame the caller checked against both windows and the peer's frame size."""
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        n = len(payload)
+        stream.outbound_flow_control_window -= n
+        self.outbound_flow_control_window -= n
+        return _frame(0x0, 0, stream.stream_id, payload)
+
+    def room(self, stream: H2Stream) -> int:
+        """What one DATA frame may carry now: both send windows and the peer's frame size."""
+        return min(self.outbound_flow_control_window, stream.outbound_flow_control_window, self.max_outbound_frame_size)
 
     def goaway_frame(self, code: int, message: str) -> None:
         """A GOAWAY that leaves h2's state open, so streams below last_stream_id can still finish."""
@@ -223,29 +299,44 @@ class Stream:
         self.body_timer: asyncio.TimerHandle | None = None
 
     # ---- sending (called by the layer above) ----
+    def _h2(self) -> H2Stream | None:
+        """h2's side of this stream, or None (and the stream forgotten) if h2 has closed it already: the
+        peer reset it in the same read that carried its request."""
+        stream = self.conn.h2.streams.get(self.id)
+        if stream is None or stream.closed:
+            self.local_closed = self.remote_closed = True
+            self.pending.clear()
+            self.pending_bytes = 0
+            self.conn.maybe_forget(self)
+            return None
+        return stream
+
     def send_headers(self, block: bytes, *, end_stream: bool = False) -> None:
         if self.local_closed:
             return
         if self.pending:   # trailers must follow the data still queued
             self.end_after_pending = block
             return
+        stream = self._h2()
+        if stream is None:
+            return
         conn = self.conn
-        conn.h2.send_headers(self.id, [(_RAW, block)], end_stream=end_stream)
+        conn.h2._data_to_send += conn.h2.headers_bytes(stream, block, end_stream)
         if end_stream:
             self.local_closed = True
             conn.maybe_forget(self)
         conn.flush_soon()
 
-    def _fits(self, n: int) -> bool:
-        h = self.conn.h2
-        return not self.pending and n <= h.max_outbound_frame_size and n <= h.local_flow_control_window(self.id)
-
     def send_data(self, payload: bytes) -> None:
         """Queue DATA (already gRPC-framed) and write what the windows allow."""
         if self.local_closed or not payload:
             return
-        if self._fits(len(payload)):
-            self.conn.h2.send_data(self.id, payload)
+        stream = self._h2()
+        if stream is None:
+            return
+        h = self.conn.h2
+        if not self.pending and len(payload) <= h.room(stream):
+            h._data_to_send += h.data_bytes(stream, payload)
             self.conn.flush_soon()
             return
         self.pending.append(payload)
@@ -256,13 +347,15 @@ class Stream:
         """Response headers, one DATA and trailers in one write when the windows allow (the hot path)."""
         if self.local_closed:
             return
-        if self._fits(len(message)):
+        stream = self._h2()
+        if stream is None:
+            return
+        conn = self.conn
+        h = conn.h2
+        if len(message) <= h.room(stream):
             self.local_closed = True
-            conn = self.conn
-            h = conn.h2
-            h.send_headers(self.id, [(_RAW, head)])
-            h.send_data(self.id, message)
-            h.send_headers(self.id, [(_RAW, trailers)], end_stream=True)
+            h._data_to_send += h.headers_bytes(stream, head, False) + h.data_bytes(stream, message) \
+                + h.headers_bytes(stream, trailers, True)
             conn.maybe_forget(self)
             conn.flush_soon()
             return
@@ -272,9 +365,13 @@ class Stream:
 
     def flush(self) -> None:
         conn = self.conn
+        stream = self._h2()
+        if stream is None:
+            return
         h = conn.h2
+        out = []
         while self.pending:
-            room = min(h.local_flow_control_window(self.id), h.max_outbound_frame_size)
+            room = h.room(stream)
             if room <= 0:
                 break
             chunk = self.pending[0]
@@ -283,12 +380,14 @@ class Stream:
             else:
                 piece = self.pending.popleft()
             self.pending_bytes -= len(piece)
-            h.send_data(self.id, piece)
+            out.append(h.data_bytes(stream, piece))
         if not self.pending and self.end_after_pending is not None:
             block, self.end_after_pending = self.end_after_pending, None
-            h.send_headers(self.id, [(_RAW, block)], end_stream=True)
+            out.append(h.headers_bytes(stream, block, True))
             self.local_closed = True
-        conn.flush_soon()
+        if out:
+            h._data_to_send += b"".join(out)
+            conn.flush_soon()
         if not self.pending:
             conn.blocked.discard(self)
             if self.drained is not None:
@@ -677,6 +776,11 @@ class Connection(asyncio.Protocol):
             stream.consumed(size - len(data))   # padding reaches no handler: give its window back now
         if data:
             stream.handler.on_data(data)
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, kind, flags)) + stream_id.to_bytes(4, "big") + payload
 
 
 def _name(code: int) -> str:
