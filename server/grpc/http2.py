@@ -58,6 +58,7 @@ CONTROL_PER_REQUEST = 4   # and this many more per request in that second (grpc-
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LINGER = 1.0   # seconds a connection ended on an error keeps reading (and dropping) before it closes
+LINGER_BYTES = 1 << 20   # or until it read this much
 _RAW = b"\x00raw"   # a header "name" that carries an already encoded block through h2.send_headers
 _UNCOUNTED_RESETS = frozenset({NO_ERROR, CANCEL})   # codes of our own RSTs that are not the client's fault
 
@@ -443,6 +444,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.dead = False   # closed by us on an error: nothing more is read
+        self._lingered = 0
         self.peer: str = ""
         self._first = bytearray()   # the preface and the first frame's header, until both are checked
         self._checked = False
@@ -587,6 +589,9 @@ class Connection(asyncio.Protocol):
     # ---- receiving ----
     def data_received(self, data: bytes) -> None:
         if self.closed or self.dead:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES and self.transport is not None:
+                self.transport.close()   # a peer still pushing after our GOAWAY: stop reading it now
             return
         if not self._checked:
             checked = self._check_preface(data)
