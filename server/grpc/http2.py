@@ -33,7 +33,7 @@ import hpack.exceptions
 from h2.connection import ConnectionInputs
 from h2.errors import ErrorCodes
 from h2.stream import H2Stream, StreamInputs
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 log = logging.getLogger("modelbridge.grpc")
 
@@ -423,9 +423,18 @@ class Stream:
         conn.flush_soon()
 
     def consumed(self, n: int) -> None:
-        """The layer above took n bytes of body: h2 reopens the windows (in batches of half a window)."""
-        if n and not self.conn.closed:
-            self.conn.h2.acknowledge_received_data(n, self.id)
+        """The layer above took n bytes of body: h2 reopens the windows (in batches of half a window). Once
+        the request has ended only the connection window matters: that credit is summed and given once per
+        read (unary calls, the common case, all end so)."""
+        conn = self.conn
+        if not n or conn.closed:
+            return
+        if self.remote_closed or conn.ending == self.id:
+            conn.credit += n
+            if not conn.receiving:
+                conn.flush_soon()
+        else:
+            conn.h2.acknowledge_received_data(n, self.id)
 
 
 class Connection(asyncio.Protocol):
@@ -444,6 +453,9 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.dead = False   # closed by us on an error: nothing more is read
+        self.credit = 0     # bytes consumed that only the connection window still has to get back
+        self.ending = 0     # the stream whose last DATA frame is being delivered
+        self.receiving = False   # inside data_received (it gives the credit at its end)
         self._lingered = 0
         self.peer: str = ""
         self._first = bytearray()   # the preface and the first frame's header, until both are checked
@@ -482,6 +494,8 @@ class Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        if self.credit:
+            self._give_credit()
         data = self.h2.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
@@ -599,6 +613,13 @@ class Connection(asyncio.Protocol):
                 return
             data = checked
         h = self.h2
+        self.receiving = True
+        try:
+            self._received(h, data)
+        finally:
+            self.receiving = False
+
+    def _received(self, h: _H2, data: bytes) -> None:
         try:
             events = h.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -632,6 +653,8 @@ class Connection(asyncio.Protocol):
             self._rate_check()
             if self.dead:
                 return
+        if self.credit:
+            self._give_credit()
         self.flush()
 
     def _check_preface(self, data: bytes) -> bytes | None:
@@ -652,6 +675,14 @@ class Connection(asyncio.Protocol):
             self._preface_timer.cancel()
         self._first = bytearray()
         return bytes(first)
+
+    def _give_credit(self) -> None:
+        """The connection-window part of h2's acknowledge_received_data, once for all ended streams."""
+        h = self.h2
+        increment = h._inbound_flow_control_window_manager.process_bytes(self.credit)
+        self.credit = 0
+        if increment:
+            h._prepare_for_sending([WindowUpdateFrame(0, window_increment=increment)])
 
     def _rate_check(self) -> None:
         """Past either budget within the current second: GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §10.5)."""
@@ -771,16 +802,17 @@ class Connection(asyncio.Protocol):
         size = event.flow_controlled_length or 0
         stream = self.streams.get(event.stream_id)  # type: ignore[arg-type]
         if stream is None or stream.handler is None or stream.remote_closed:
-            # Answered or reset already: the bytes still count against the connection window.
-            if size:
-                self.h2.acknowledge_received_data(size, event.stream_id)  # type: ignore[arg-type]
+            self.credit += size   # answered or reset already: the bytes still count against the connection window
             return
         if not data and not event.stream_ended:
             self._control += 1   # an empty DATA frame does no work
+        if event.stream_ended:
+            self.ending = stream.id
         if size > len(data):
             stream.consumed(size - len(data))   # padding reaches no handler: give its window back now
         if data:
             stream.handler.on_data(data)
+        self.ending = 0
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
