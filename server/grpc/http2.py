@@ -502,10 +502,13 @@ class Connection(asyncio.Protocol):
 
     def flush_soon(self) -> None:
         """Responses finished in the same loop turn (a dynamic batch) go out in one write, not one each;
-        with nothing else in flight there is nothing to coalesce with, so no extra loop turn."""
+        with nothing else in flight and nothing queued there is nothing to coalesce with, so no extra loop
+        turn. Inside data_received nothing is written before the end of the read."""
+        if self._flush_scheduled or self.receiving:
+            return
         if len(self.streams) <= 1:
             self.flush()
-        elif not self._flush_scheduled:
+        else:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
