@@ -1,4 +1,4 @@
-"""The gRPC port's own HTTP/2 layer (server/grpc/h2.py, front.py), driven by an independent HTTP/2 client
+"""The gRPC port's own HTTP/2 layer (server/grpc/http2.py on the h2 library, front.py), driven by an independent HTTP/2 client
 (the `h2` package) over a raw socket: flow control both ways with windows far smaller than the
 messages, pings, refusals at the HTTP level, and hostile framing — a non-HTTP/2 client, a CONTINUATION
 flood, a request body that stops arriving. After each, the server still answers tritonclient.
