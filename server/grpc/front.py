@@ -1,4 +1,4 @@
-"""The gRPC port served by our HTTP/2 layer (h2.py) instead of grpcio's server.
+"""The gRPC port served by our HTTP/2 layer (http2.py, on the h2 library) instead of grpcio's server.
 
 The servicers are the same objects grpcio would serve — GRPCInferenceService (servicer.py), the
 health service and reflection — registered through their generated `add_*_to_server` functions into
@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import ipaddress
 import logging
+import socket
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
@@ -27,7 +29,7 @@ from server.core.auth import KeyRing, Scope
 from server.core.errors import ModelBridgeError, Unavailable
 from server.grpc.auth import scope_of
 from server.grpc.errors import STATUS
-from server.grpc.h2 import NO_ERROR, H2Connection, Stream, encode_literal
+from server.grpc.http2 import NO_ERROR, Connection, Stream, encode_literal
 
 log = logging.getLogger("modelbridge.grpc")
 
@@ -36,7 +38,7 @@ OK_TRAILERS = encode_literal("grpc-status", "0")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
 _EOF = object()   # what read() returns past the end of a request stream
-QUEUED = 8   # request messages a streaming handler may have unread before the client must wait
+MAX_METADATA = 16 * 1024   # a request's decoded header list (RFC 9113 §6.5.2 sizes), as grpc-core caps it
 _WBITS = {"gzip": 31, "deflate": 15}   # zlib window bits: gzip wrapper, zlib wrapper (gRPC's "deflate")
 
 
@@ -82,7 +84,7 @@ def status_block(code: grpc.StatusCode, message: str, trailing: tuple[tuple[str,
 
 
 def parse_timeout(value: str) -> float | None:
-    if 2 <= len(value) <= 9 and value[:-1].isdigit() and value[-1] in _TIMEOUT_UNITS:
+    if 2 <= len(value) <= 9 and value.isascii() and value[:-1].isdigit() and value[-1] in _TIMEOUT_UNITS:
         return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
     return None
 
@@ -146,6 +148,7 @@ class Call:
         "messages",
         "method",
         "queue",
+        "queued",
         "stream",
         "task",
         "timer",
@@ -170,8 +173,9 @@ class Call:
         self.finished = False
         self.headers_sent = False
         self.counted = True   # in front.active until _close
-        self.queue: asyncio.Queue[bytes | None] | None = None if self.unary else asyncio.Queue()
-        self.withheld = 0   # received bytes not yet credited back to the stream window (backpressure)
+        self.queue: asyncio.Queue[tuple[int, bytes] | None] | None = None if self.unary else asyncio.Queue()
+        self.queued = 0     # wire bytes of whole messages the handler has not read yet
+        self.withheld = 0   # received bytes not yet credited back to the windows
         front.active += 1
         if deadline is not None:
             self.timer = front.loop.call_at(deadline, self._expired)
@@ -180,9 +184,15 @@ class Call:
 
     # ---- from the HTTP/2 layer ----
     def on_data(self, data: bytes) -> None:
-        # Malformed framing is the client's fault: INVALID_ARGUMENT, as for any other bad input.
+        self.withheld += len(data)
+        if not self.finished:
+            self._take(data)
         if self.finished:
-            return
+            self.queued = 0   # nothing will read them: all credit goes back
+        self._credit()
+
+    def _take(self, data: bytes) -> None:
+        # Malformed framing is the client's fault: INVALID_ARGUMENT, as for any other bad input.
         buf = self.buf
         buf += data
         limit = self.front.max_message_bytes
@@ -208,6 +218,7 @@ class Call:
                     return
                 message = inflated
             del buf[:5 + size]
+            wire = 5 + size
             if self.unary:
                 self.messages.append(message)
                 if len(self.messages) > 1:
@@ -215,15 +226,17 @@ class Call:
                     return
             else:
                 assert self.queue is not None
-                self.queue.put_nowait(message)
-        # Reopen the window as bytes arrive (a message may be larger than the window: holding credit until
-        # it is whole would deadlock), except while the handler has QUEUED messages unread: then the
-        # client waits until it catches up.
-        if self.queue is not None and self.queue.qsize() >= QUEUED:
-            self.withheld += len(data)
-        else:
-            self.stream.consumed(len(data) + self.withheld)
-            self.withheld = 0
+                self.queue.put_nowait((wire, message))
+                self.queued += wire
+
+    def _credit(self) -> None:
+        # Reopen the windows for every byte except those of whole messages not read yet: a message larger
+        # than the window is credited as it arrives (holding it back would deadlock), while unread messages
+        # hold theirs, so what a stream buffers stays within the window we advertised plus one message.
+        excess = self.withheld - self.queued
+        if excess > 0:
+            self.withheld -= excess
+            self.stream.consumed(excess)
 
     def _inflate(self, data: bytes) -> bytes | None:
         limit = self.front.max_message_bytes
@@ -267,13 +280,13 @@ class Call:
 
     async def read(self) -> Any:
         assert self.queue is not None
-        message = await self.queue.get()
-        if message is None:
+        item = await self.queue.get()
+        if item is None:
             self.queue.put_nowait(None)   # stays at the end for further reads
             return _EOF
-        if self.withheld and self.queue.qsize() < QUEUED:
-            self.stream.consumed(self.withheld)
-            self.withheld = 0
+        wire, message = item
+        self.queued -= wire
+        self._credit()
         return self._parse(message)
 
     def _parse(self, message: bytes) -> Any:
@@ -372,6 +385,9 @@ class Call:
         self._close(cancel=True)
 
     def _close(self, *, cancel: bool) -> None:
+        if self.withheld:   # unread messages of a call that ended: the connection window gets them back
+            self.queued = 0
+            self._credit()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -398,15 +414,23 @@ class GrpcFront:
         self.max_streams = max_streams
         self.loop = asyncio.get_running_loop()   # built inside start_grpc_server
         self.active = 0
-        self.connections: set[H2Connection] = set()
+        self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         try:
-            self._server = await self.loop.create_server(
-                self._connection, host, port, backlog=2048, reuse_address=True, reuse_port=reuse_port or None)
+            try:
+                family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+            except ValueError:   # a name: asyncio resolves it (and may bind several addresses)
+                self._server = await self.loop.create_server(
+                    self._connection, host, port, backlog=2048, reuse_address=True, reuse_port=reuse_port or None)
+                return
+            # A literal address listens before the first await, so the REST port cannot report ready while
+            # the gRPC port still refuses connections.
+            sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
+            self._server = await self.loop.create_server(self._connection, sock=sock)
         except OSError as exc:
             raise Unavailable(f"gRPC cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -415,14 +439,14 @@ class GrpcFront:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
-    def _connection(self) -> H2Connection:
-        conn = H2Connection(self, max_streams=self.max_streams, idle_body_timeout=self.idle_body_timeout,
+    def _connection(self) -> Connection:
+        conn = Connection(self, max_streams=self.max_streams, idle_body_timeout=self.idle_body_timeout,
                             on_close=self._closed)
         self.connections.add(conn)
         self._all_closed.clear()
         return conn
 
-    def _closed(self, conn: H2Connection) -> None:
+    def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         if not self.connections:
             self._all_closed.set()
@@ -433,7 +457,9 @@ class GrpcFront:
         timeout: str | None = None
         encoding = "identity"
         metadata: list[tuple[str, Any]] = []
+        size = 0
         for name, value in headers:
+            size += len(name) + len(value) + 32
             if name[0] == ":":
                 if name == ":path":
                     path = value
@@ -447,6 +473,9 @@ class GrpcFront:
                 encoding = value
             elif name not in _RESERVED:
                 metadata.append((name, _binary(value) if name.endswith("-bin") else value))
+        if size > MAX_METADATA:
+            return _Refused.status(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"request metadata of {size} bytes is over the {MAX_METADATA} byte limit")
         if method != "POST":
             return _Refused.http(stream, encode_literal(":status", "405"))
         if not content_type.startswith("application/grpc"):
