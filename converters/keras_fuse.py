@@ -94,11 +94,16 @@ def _merge(b: GraphBuilder, site: RecurrentSite, y: str, axis: int, outputs: lis
         shape = np.array([0] * axis + [-1], np.int64)
         b.add("Reshape", [y, b.const(f"{base}/concat_shape", shape)], base=f"{base}/concat", names=[outputs[0]])
     else:
-        if mode == "sum":  # opset 13+ ReduceSum takes axes as an input, ReduceMean/ReduceProd (< 18) an attribute
-            b.add("ReduceSum", [y, axes], base=f"{base}/sum", names=[outputs[0]], keepdims=0)
-        elif mode in ("ave", "mul"):
-            b.add("ReduceMean" if mode == "ave" else "ReduceProd", [y], base=f"{base}/{mode}", names=[outputs[0]],
-                  axes=[axis], keepdims=0)
+        if mode in ("sum", "ave"):  # ReduceSum takes axes as an input from opset 13 on (ReduceMean only from 18)
+            total = b.add("ReduceSum", [y, axes], base=f"{base}/sum", keepdims=0,
+                          names=[outputs[0]] if mode == "sum" else [])[0]
+            if mode == "ave":
+                half = b.const(f"{base}/half", np.array(0.5, np.float32))
+                b.add("Mul", [total, half], base=f"{base}/ave", names=[outputs[0]])
+        elif mode == "mul":
+            parts = [b.add("Gather", [y, b.const(f"{base}/direction{d}", np.array(d, np.int64))],
+                           base=f"{base}/direction{d}", axis=axis)[0] for d in range(2)]
+            b.add("Mul", parts, base=f"{base}/mul", names=[outputs[0]])
         else:
             raise ValueError(f"Bidirectional merge_mode {mode!r}")
 
