@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from converters import parity as parity_check
 from converters.annotations import annotate_recurrent_node
 from converters.keras_fuse import RecurrentSite, fuse
 from converters.keras_layers import GraphBuilder, UnsupportedLayerError
-from converters.keras_markers import MARKER_DOMAIN, marker_handler, placeholders, recurrent_layers
+from converters.keras_markers import MARKER_DOMAIN, MARKER_PREFIX, marker_handler, placeholders, recurrent_layers
 from converters.parity import DEFAULT_ATOL
 from converters.prelu_rewrite import rewrite_prelu
 from converters.result import ConversionResult
@@ -205,6 +207,20 @@ def _to_tensor(flavour: str) -> Callable[[np.ndarray], Any]:
     return lambda array: array
 
 
+@contextmanager
+def _quiet_shapes() -> Iterator[None]:
+    """tf2onnx warns that it cannot infer shapes through the placeholders; the fused nodes replace them."""
+    loggers = [logging.getLogger(name) for name in ("tf2onnx.shape_inference", "tf2onnx.graph")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> tuple[onnx.ModelProto,
                                                                                       list[RecurrentSite]]:
     """The ONNX graph of ``model`` with one fused node per recurrent layer call (not yet annotated)."""
@@ -218,11 +234,17 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
         outputs = model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)
         return list(tf.nest.flatten(outputs))
 
-    with placeholders(model, sites, to_tensor=_to_tensor(flavour), as_list=flavour == "tf-keras"):
+    with placeholders(model, sites, to_tensor=_to_tensor(flavour), as_list=flavour == "tf-keras"), _quiet_shapes():
+        function = tf.function(run, input_signature=signature)
         try:
+            # Traced once here (from_function reuses the trace): a GraphDef drops the placeholders' static
+            # shapes, which the ops after them need (a Concat's rank, a broadcast), so hand them back.
+            graph = function.get_concrete_function().graph
+            shapes = {out.name: out.shape.as_list() for op in graph.get_operations()
+                      if op.name.rsplit("/", 1)[-1].startswith(MARKER_PREFIX) for out in op.outputs}
             proto, _ = tf2onnx.convert.from_function(
-                tf.function(run, input_signature=signature), input_signature=signature, opset=opset,
-                custom_op_handlers={"PyFunc": (marker_handler, []), "EagerPyFunc": (marker_handler, [])},
+                function, input_signature=signature, opset=opset, shape_override=shapes,
+                custom_op_handlers={op: (marker_handler, ["Recurrent", sites]) for op in ("PyFunc", "EagerPyFunc")},
                 extra_opset=[onnx.helper.make_opsetid(MARKER_DOMAIN, 1)])
         except UnsupportedSourceError:
             raise

@@ -201,35 +201,66 @@ def placeholders(model: Any, sites: list[RecurrentSite], *, to_tensor: Callable[
             feeds += [tf.cast(state, tf.float32) for state in initial]
             outs = tf.numpy_function(_never_run, feeds, [tf.float32] * site.output_count(), stateful=True,
                                      name=f"{MARKER_PREFIX}{site.index}")
-            _set_shapes(site, feeds[0], outs)
+            for out, shape in zip(outs, output_shapes(site, feeds[0].shape[0], feeds[0].shape[1]), strict=True):
+                out.set_shape(shape)
             return _structure(site, list(outs), as_list=as_list)
 
         return call
 
+    swapped = layers + [wrapper for wrapper in time_distributed(model) if wrapper.layer not in layers]
     try:
-        for layer in layers:
-            layer.call = placeholder_for(layer)
+        for layer in swapped:
+            layer.call = placeholder_for(layer) if layer in layers else _per_step(layer)
         yield
     finally:
-        for layer in layers:
+        for layer in swapped:
             if "call" in vars(layer):
                 del layer.call
+
+
+def time_distributed(model: Any) -> list[Any]:
+    found: list[Any] = []
+    for layer in getattr(model, "layers", []):
+        if "TimeDistributed" in _class_names(layer) and not is_recurrent(layer.layer) \
+                and "mask" not in inspect.signature(layer.layer.call).parameters:
+            found.append(layer)
+        found.extend(time_distributed(layer))
+    return found
+
+
+def _per_step(wrapper: Any) -> Callable[..., Any]:
+    """TimeDistributed as one call on batch*time rows: Keras 3 loops over dynamic time with vectorized_map,
+    which exports as an ONNX Loop; the wrapped layer treats rows independently, so folding time into the
+    batch computes the same."""
+    import tensorflow as tf
+
+    inner = wrapper.layer
+    takes_training = "training" in inspect.signature(inner.call).parameters
+
+    @tf.autograph.experimental.do_not_convert
+    def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        shape = tf.shape(inputs)
+        rows = tf.reshape(inputs, tf.concat([[-1], shape[2:]], axis=0))
+        rows.set_shape([None, *inputs.shape[2:]])
+        out = inner.call(rows, training=training) if takes_training else inner.call(rows)
+        result = tf.reshape(out, tf.concat([shape[:2], tf.shape(out)[1:]], axis=0))
+        result.set_shape([inputs.shape[0], inputs.shape[1], *out.shape[1:]])
+        return result
+
+    return call
 
 
 def _never_run(*_: Any) -> Any:
     raise RuntimeError("the recurrent placeholder of a modelbridge trace was executed")
 
 
-def _set_shapes(site: RecurrentSite, sequence: Any, outs: list[Any]) -> None:
-    batch, steps = sequence.shape[0], sequence.shape[1]
+def output_shapes(site: RecurrentSite, batch: Any, steps: Any) -> list[list[Any]]:
+    """Shapes of the layer's outputs, in call order: the output(s), then the states."""
     hidden = site.hidden
     width = 2 * hidden if site.bidirectional and site.merge_mode == "concat" else hidden
     main = 2 if site.bidirectional and site.merge_mode is None else 1
-    for k, out in enumerate(outs):
-        if k < main:
-            out.set_shape([batch, steps, width] if site.return_sequences else [batch, width])
-        else:
-            out.set_shape([batch, hidden])
+    shapes = [[batch, steps, width] if site.return_sequences else [batch, width] for _ in range(main)]
+    return shapes + [[batch, hidden]] * (site.output_count() - main)
 
 
 def _structure(site: RecurrentSite, outs: list[Any], *, as_list: bool) -> Any:
@@ -239,15 +270,21 @@ def _structure(site: RecurrentSite, outs: list[Any], *, as_list: bool) -> Any:
     return list(outs) if as_list else tuple(outs)
 
 
-def marker_handler(ctx: Any, node: Any, name: str, args: Any) -> Any:
-    """tf2onnx custom handler for PyFunc: our placeholders become MARKER_DOMAIN nodes, anything else is refused."""
+def marker_handler(ctx: Any, node: Any, name: str, args: list[Any]) -> Any:
+    """tf2onnx custom handler for PyFunc: our placeholders become MARKER_DOMAIN nodes (with the output shapes
+    the ops after them need, e.g. a Concat's rank), anything else is refused.  ``args`` is [sites] (tf2onnx's old
+    handler API takes the first registered argument, "Recurrent", as the new op type)."""
     found = re.search(rf"{MARKER_PREFIX}(\d+)", node.name)
     if found is None:
         raise UnsupportedLayerError(f"op {node.name!r} runs Python code (tf.numpy_function / tf.py_function), "
                                     "which ONNX cannot hold")
+    site: RecurrentSite = args[0][int(found.group(1))]
+    sequence = ctx.get_shape(node.input[0]) or [-1, -1, -1]
+    for output, shape in zip(node.output, output_shapes(site, sequence[0], sequence[1]), strict=True):
+        ctx.set_shape(output, [-1 if dim is None else dim for dim in shape])
     for key in list(node.attr):
         del node.attr[key]
     node.type = "Recurrent"
     node.domain = MARKER_DOMAIN
-    node.set_attr("site", int(found.group(1)))
+    node.set_attr("site", site.index)
     return node
