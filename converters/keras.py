@@ -29,7 +29,13 @@ from converters import parity as parity_check
 from converters.annotations import annotate_recurrent_node
 from converters.keras_fuse import RecurrentSite, fuse
 from converters.keras_layers import GraphBuilder, UnsupportedLayerError
-from converters.keras_markers import MARKER_DOMAIN, MARKER_PREFIX, marker_handler, placeholders, recurrent_layers
+from converters.keras_markers import (
+    MARKER_DOMAIN,
+    MARKER_PREFIX,
+    marker_handler,
+    placeholders,
+    recurrent_layers,
+)
 from converters.parity import DEFAULT_ATOL
 from converters.prelu_rewrite import rewrite_prelu
 from converters.result import ConversionResult
@@ -142,7 +148,7 @@ def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
     if len(names) != len(graph.output):
         return
     taken = {name for g in _graphs(graph) for node in g.node for name in [*node.input, *node.output]}
-    renames = {}
+    renames: dict[str, str] = {}
     for value_info, name in zip(graph.output, names, strict=True):
         if value_info.name != name and name not in taken and name not in renames.values():
             renames[value_info.name] = name
@@ -267,7 +273,8 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
 
 def parity_feeds(model: Any, specs: list[InputSpec], *, seed: int = 0, dynamic: int = 3) -> dict[str, np.ndarray]:
     """Random feeds: token ids stay below every Embedding's vocabulary (0, the padding id, included), and
-    boolean masks keep at least one real step per sequence (Keras and ONNX disagree on empty ones)."""
+    boolean masks keep at least one real step per sequence (with a non-zero initial state, Keras keeps it
+    through an empty sequence where ONNX, given sequence_lens 0, returns zeros)."""
     feeds = parity_check.random_feeds(specs, seed=seed, dynamic=dynamic)
     vocabularies = [int(layer.input_dim) for layer in _all_layers(model) if type(layer).__name__ == "Embedding"]
     for name, array in feeds.items():

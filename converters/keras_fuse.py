@@ -153,10 +153,10 @@ def fuse(b: GraphBuilder, site: RecurrentSite, inputs: list[str], outputs: list[
         _merge(b, site, last, 1, main)
     if site.return_state:
         state_names = outputs[len(main):]
-        for direction in range(site.directions):
-            index = b.const(f"{base}/state_direction{direction}", np.array(direction, np.int64))
+        for d in range(site.directions):
+            index = b.const(f"{base}/state_direction{d}", np.array(d, np.int64))
             for slot in range(count):
-                b.add("Gather", [fused[1 + slot], index], base=f"{base}/state", names=[state_names[direction * count + slot]],
+                b.add("Gather", [fused[1 + slot], index], base=f"{base}/state", names=[state_names[d * count + slot]],
                       axis=0)
         folded["return_state"] = "Y_h (and Y_c) split per direction, forward states first"
     site.node_name, site.folded = node.name, folded

@@ -30,6 +30,7 @@ ATOL = 1e-4
 class Case:
     build: Callable[[Any], Any]
     flavour: str  # "keras" (Keras 3) or "tf-keras"
+    calls: int = 0  # recurrent layer calls beyond one per layer (a shared layer gives one fused node per call)
 
 
 def _seed(k: Any) -> None:
@@ -176,6 +177,14 @@ def conv_masking_bilstm_ave(k: Any) -> Any:
     return k.Model(x, k.layers.Bidirectional(k.layers.LSTM(3), merge_mode="ave")(y))
 
 
+def siamese_shared_encoder(k: Any) -> Any:
+    """One nested Sequential encoder (Embedding + masked GRU) applied to two inputs, then compared."""
+    encoder = k.Sequential([k.layers.Embedding(VOCAB, 4, mask_zero=True), k.layers.GRU(5)], name="encoder")
+    left, right = k.Input((6,), dtype="int32", name="left"), k.Input((6,), dtype="int32", name="right")
+    distance = k.layers.Subtract()([encoder(left), encoder(right)])
+    return k.Model([left, right], k.layers.Dense(1, activation="sigmoid", name="same")(distance))
+
+
 CASES: dict[str, Case] = {
     "conv-lstm-forecaster": Case(conv_lstm_forecaster, "keras"),
     "text-classifier-batchnorm": Case(text_classifier_batchnorm, "keras"),
@@ -193,6 +202,7 @@ CASES: dict[str, Case] = {
     "rnn-cells": Case(rnn_cells, "keras"),
     "two-branches-two-outputs": Case(two_branches_two_outputs, "keras"),
     "state-inputs-lstm": Case(state_inputs_lstm, "keras"),
+    "siamese-shared-encoder": Case(siamese_shared_encoder, "keras", calls=1),
     "tf-keras-seq2seq-encoder-decoder": Case(seq2seq_encoder_decoder, "tf-keras"),
     "tf-keras-conv-masking-bilstm-ave": Case(conv_masking_bilstm_ave, "tf-keras"),
     "tf-keras-stacked-bigru-tagger": Case(stacked_bigru_tagger, "tf-keras"),
@@ -274,14 +284,14 @@ def test_corpus_model_is_fused_exact_and_gate_faithful(converted: dict[str, Any]
 
     model, result = _convert(converted, name)
     assert keras_converter.loops_left(result.model) == []
-    layers = recurrent_layers(model)
-    nodes = _recurrent_nodes(result)
-    assert len(nodes) == len(layers)
-    by_layer = {entry["source"]["layer"]: entry for entry in gates.split_gates_arrays(result.model)["nodes"]}
-    assert sorted(by_layer) == sorted(layer.name for layer in layers)
-    for layer in layers:
-        assert_gates_equal(by_layer[layer.name], layer, f"{name}/{layer.name}")
-        assert by_layer[layer.name]["source"]["framework"] == CASES[name].flavour
+    layers = {layer.name: layer for layer in recurrent_layers(model)}
+    assert len(_recurrent_nodes(result)) == len(layers) + CASES[name].calls
+    split = gates.split_gates_arrays(result.model)["nodes"]
+    assert sorted({entry["source"]["layer"] for entry in split}) == sorted(layers)
+    for entry in split:
+        layer = layers[entry["source"]["layer"]]
+        assert_gates_equal(entry, layer, f"{name}/{layer.name}")
+        assert entry["source"]["framework"] == CASES[name].flavour
     for batch, steps, seed in ((1, 6, 0), (5, 6, 1), (7, 4, 2)):
         feeds = feeds_for(model, result, batch, steps, seed)
         expected = keras_converter.run_keras(model, feeds, parity.specs_of(result.model))
@@ -290,3 +300,23 @@ def test_corpus_model_is_fused_exact_and_gate_faithful(converted: dict[str, Any]
         for k, (got, want) in enumerate(zip(actual, expected, strict=True)):
             np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=f"{name} output {k} batch {batch}")
 
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_what_plain_tf2onnx_converts_modelbridge_converts_too(converted: dict[str, Any], name: str) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    from converters import keras as keras_converter
+    from converters.keras_markers import MARKER_DOMAIN
+
+    model, result = _convert(converted, name)
+    specs = keras_converter.input_specs(model, None)
+    signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
+    function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
+                           input_signature=signature)
+    plain, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=17)
+    # Our trace left the model as it was: plain tf2onnx sees Keras' own recurrent layers, not placeholders.
+    assert not [node for node in plain.graph.node if node.domain == MARKER_DOMAIN]
+    assert len(plain.graph.output) == len(result.model.graph.output)
+    assert result.parity.passed
