@@ -208,6 +208,9 @@ CASES: dict[str, Case] = {
     "tf-keras-stacked-bigru-tagger": Case(stacked_bigru_tagger, "tf-keras"),
     "tf-keras-explicit-mask-gru": Case(explicit_mask_gru, "tf-keras"),
     "tf-keras-go-backwards-hard-sigmoid": Case(go_backwards_hard_sigmoid, "tf-keras"),
+    "tf-keras-simple-rnn-stack-dropout": Case(simple_rnn_stack_dropout, "tf-keras"),
+    "tf-keras-bidirectional-states-none": Case(bidirectional_states_none, "tf-keras"),
+    "tf-keras-rnn-cells": Case(rnn_cells, "tf-keras"),
 }
 
 
