@@ -84,6 +84,10 @@ def _check_core(layer: Any) -> str:
         raise UnsupportedLayerError(f"layer {layer.name!r} ({kind}): stateful=True keeps state in variables between "
                                     "calls; convert the stateful=False model (modelbridge's stateful step form "
                                     "carries the state instead)")
+    dtype = str(getattr(layer, "compute_dtype", None) or getattr(layer, "dtype", "float32"))
+    if dtype not in ("float32", "None"):
+        raise UnsupportedLayerError(f"layer {layer.name!r} ({kind}) computes in {dtype}; only float32 recurrent "
+                                    "layers are converted")
     if getattr(layer, "time_major", False):
         raise UnsupportedLayerError(f"layer {layer.name!r} ({kind}): time_major=True is not supported")
     return op

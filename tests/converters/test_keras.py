@@ -231,8 +231,12 @@ class _DoublingCell(keras.layers.Layer):
         (lambda: sequential(keras.layers.LSTM(3, activation="selu")), "selu"),
         (lambda: sequential(keras.layers.RNN(_DoublingCell()), shape=(6, 3)), "_DoublingCell"),
         (lambda: sequential(keras.layers.ConvLSTM1D(2, 2), shape=(4, 5, 3)), "ConvLSTM1D"),
+        (lambda: keras.Sequential([keras.Input(batch_shape=(2, 6, 3)), keras.layers.LSTM(3, stateful=True)]),
+         "stateful=True"),
+        (lambda: sequential(keras.layers.RNN([keras.layers.LSTMCell(3), keras.layers.LSTMCell(2)])),
+         "StackedRNNCells"),
     ],
-    ids=["activation", "custom-cell", "conv-lstm"],
+    ids=["activation", "custom-cell", "conv-lstm", "stateful", "stacked-cells"],
 )
 def test_unsupported_models_are_refused_by_name(make: Callable[[], Any], named: str) -> None:
     from converters import keras as keras_converter

@@ -117,7 +117,7 @@ def explicit_mask_gru(k: Any) -> Any:
 
 def simple_rnn_stack_dropout(k: Any) -> Any:
     x = k.Input((None, 3), name="features")
-    y = k.layers.SimpleRNN(4, return_sequences=True, dropout=0.2, recurrent_dropout=0.2)(x)
+    y = k.layers.SimpleRNN(4, activation="elu", return_sequences=True, dropout=0.2, recurrent_dropout=0.2)(x)
     y = k.layers.SimpleRNN(3, activation="relu")(y)
     return k.Model(x, k.layers.Dense(2, name="out")(k.layers.Dropout(0.3)(y)))
 
@@ -211,6 +211,9 @@ CASES: dict[str, Case] = {
     "tf-keras-simple-rnn-stack-dropout": Case(simple_rnn_stack_dropout, "tf-keras"),
     "tf-keras-bidirectional-states-none": Case(bidirectional_states_none, "tf-keras"),
     "tf-keras-rnn-cells": Case(rnn_cells, "tf-keras"),
+    "tf-keras-bilstm-sum-masking": Case(bilstm_sum_masking, "tf-keras"),
+    "tf-keras-bidirectional-mul-simple-rnn": Case(bidirectional_mul_simple_rnn, "tf-keras"),
+    "tf-keras-unrolled-gru": Case(unrolled_gru, "tf-keras"),
 }
 
 
