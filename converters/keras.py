@@ -94,31 +94,60 @@ def _tensor_name(tensor: Any, fallback: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
 
 
+def _declared_inputs(model: Any) -> list[Any] | None:
+    """The model's symbolic inputs; None for a subclassed model, which has none until called symbolically."""
+    try:
+        declared = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return list(declared) if declared else None
+
+
+def _describe(tensor: Any, name: str) -> str:
+    dims = ",".join("-1" if dim is None else str(dim) for dim in _shape(tensor))
+    return f"{name}:{dims}:{getattr(tensor.dtype, 'name', tensor.dtype)}"
+
+
 def input_specs(model: Any, inputs: list[InputSpec] | None) -> list[InputSpec]:
     """One spec per model input: the given ones (checked against the model) or the model's own."""
-    declared = list(model.inputs)
-    if inputs:
-        if len(inputs) != len(declared):
-            raise UnsupportedSourceError(f"Keras model {model.name!r} has {len(declared)} input(s), "
-                                         f"{len(inputs)} spec(s) given")
-        for spec, tensor in zip(inputs, declared, strict=True):
-            shape = _shape(tensor)
-            if len(spec.shape) != len(shape):
-                raise UnsupportedSourceError(f"input spec {spec} has rank {len(spec.shape)}, the model expects "
-                                             f"rank {len(shape)} {list(shape)}")
+    declared = _declared_inputs(model)
+    if declared is None:
+        if not inputs:
+            raise UnsupportedSourceError(f"Keras model {model.name!r} is subclassed and declares no inputs: give "
+                                         "one input spec per call argument (--input NAME:SHAPE:DTYPE, e.g. "
+                                         "tokens:-1,20:int32)")
         return list(inputs)
-    specs = []
-    for k, tensor in enumerate(declared):
-        dtype = tensor.dtype
-        fallback = "input" if len(declared) == 1 else f"input_{k}"
-        specs.append(InputSpec(_tensor_name(tensor, fallback), _shape(tensor), str(getattr(dtype, "name", dtype))))
-    return specs
+    names = [_tensor_name(tensor, "input" if len(declared) == 1 else f"input_{k}") for k, tensor in enumerate(declared)]
+    if not inputs:
+        return [InputSpec(name, _shape(tensor), str(getattr(tensor.dtype, "name", tensor.dtype)))
+                for name, tensor in zip(names, declared, strict=True)]
+    expected = "the model expects " + ", ".join(_describe(tensor, name) for name, tensor in zip(names, declared,
+                                                                                                 strict=True))
+    if len(inputs) != len(declared):
+        raise UnsupportedSourceError(f"Keras model {model.name!r} has {len(declared)} input(s), {len(inputs)} "
+                                     f"spec(s) given; {expected}")
+    for spec, tensor in zip(inputs, declared, strict=True):
+        shape = _shape(tensor)
+        fits = len(spec.shape) == len(shape) and all(
+            want is None or got is None or got == want for got, want in zip(spec.shape, shape, strict=True))
+        if not fits:
+            raise UnsupportedSourceError(f"input spec {spec} does not fit the model's input shape {list(shape)}; "
+                                         f"{expected}")
+        declared_dtype = str(getattr(tensor.dtype, "name", tensor.dtype))
+        if np.dtype(spec.dtype).kind != np.dtype(declared_dtype).kind:
+            raise UnsupportedSourceError(f"input spec {spec} has dtype {spec.dtype}, the model takes "
+                                         f"{declared_dtype}; {expected}")
+    return list(inputs)
 
 
 def output_names(model: Any) -> list[str]:
     """The producing layer's name per output (``name_1``... when one layer gives several)."""
     names: list[str] = []
-    for k, tensor in enumerate(model.outputs):
+    try:
+        outputs = list(model.outputs or [])
+    except (AttributeError, ValueError):  # subclassed: tf2onnx's own output names stay
+        return []
+    for k, tensor in enumerate(outputs):
         history = getattr(tensor, "_keras_history", None)
         layer = getattr(history, "operation", None) or getattr(history, "layer", None)
         base = re.sub(r"[^A-Za-z0-9_.\-/]", "_", str(getattr(layer, "name", f"output_{k}")))
@@ -159,17 +188,17 @@ def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
             node.output[:] = [renames.get(name, name) for name in node.output]
 
 
-def _declare_output_shapes(model: onnx.ModelProto, keras_model: Any) -> None:
-    """Graph outputs fed by a placeholder have no shape from tf2onnx: take Keras' (batch and unknowns symbolic)."""
+def _declare_output_shapes(model: onnx.ModelProto, shapes: list[list[int | None]]) -> None:
+    """Graph outputs fed by a placeholder have no shape from tf2onnx: take the traced function's."""
     outputs = model.graph.output
-    if len(outputs) != len(keras_model.outputs):
+    if len(outputs) != len(shapes) or not all(shapes):
         return
-    for value_info, tensor in zip(outputs, keras_model.outputs, strict=True):
+    for value_info, shape in zip(outputs, shapes, strict=True):
         tensor_type = value_info.type.tensor_type
-        if tensor_type.HasField("shape") and len(tensor_type.shape.dim) == len(_shape(tensor)):
+        if tensor_type.HasField("shape") and len(tensor_type.shape.dim) == len(shape):
             continue
         tensor_type.ClearField("shape")
-        for k, dim in enumerate(_shape(tensor)):
+        for k, dim in enumerate(shape):
             entry = tensor_type.shape.dim.add()
             if dim is None:
                 entry.dim_param = "batch" if k == 0 else f"{value_info.name}_dim{k}"
@@ -245,7 +274,9 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
         try:
             # Traced once here (from_function reuses the trace): a GraphDef drops the placeholders' static
             # shapes, which the ops after them need (a Concat's rank, a broadcast), so hand them back.
-            graph = function.get_concrete_function().graph
+            concrete = function.get_concrete_function()
+            graph = concrete.graph
+            output_shapes = [out.shape.as_list() if out.shape.rank is not None else [] for out in concrete.outputs]
             shapes = {out.name: out.shape.as_list() for op in graph.get_operations()
                       if op.name.rsplit("/", 1)[-1].startswith(MARKER_PREFIX) for out in op.outputs}
             proto, _ = tf2onnx.convert.from_function(
@@ -264,7 +295,7 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
         raise UnsupportedLayerError(f"Keras model {model.name!r} converted with {', '.join(left)} nodes left (a "
                                     "layer computes a loop that is not one of the recurrent layers we fuse)")
     _rename_outputs(proto, output_names(model))
-    _declare_output_shapes(proto, model)
+    _declare_output_shapes(proto, output_shapes)
     proto.ir_version = IR_VERSION
     proto.producer_name = "modelbridge.converters.keras (tf2onnx " + tf2onnx.__version__ + ")"
     onnx.checker.check_model(proto)

@@ -255,3 +255,40 @@ def test_branching_functional_model_converts_with_one_node_per_branch() -> None:
     result = keras_converter.convert(model, opset=17)
     assert sorted(op for op in result.op_types() if op in RECURRENT) == ["GRU", "LSTM"]
     assert sorted(entry["source"]["layer"] for entry in result.annotations) == ["left_lstm", "right_gru"]
+
+
+def test_wrong_input_specs_name_what_the_model_expects() -> None:
+    from converters import UnsupportedSourceError
+    from converters import keras as keras_converter
+    from converters.specs import InputSpec
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    model = keras.Model(tokens, keras.layers.LSTM(2)(keras.layers.Embedding(9, 3, mask_zero=True)(tokens)))
+    expects = r"the model expects tokens:-1,6:int32"
+    with pytest.raises(UnsupportedSourceError, match=expects):
+        keras_converter.convert(model, inputs=[InputSpec("tokens", (None, 7), "int32")])
+    with pytest.raises(UnsupportedSourceError, match=expects):
+        keras_converter.convert(model, inputs=[InputSpec("tokens", (None, 6), "float32")])
+    with pytest.raises(UnsupportedSourceError, match=expects):
+        keras_converter.convert(model, inputs=[InputSpec("a", (None, 6), "int32"), InputSpec("b", (2,), "int32")])
+    result = keras_converter.convert(model, inputs=[InputSpec("ids", (1, 6), "int64")])
+    assert [value.name for value in result.model.graph.input] == ["ids"] and result.parity.passed
+
+
+def test_subclassed_model_without_specs_asks_for_them() -> None:
+    from converters import UnsupportedSourceError
+    from converters import keras as keras_converter
+
+    class Forecaster(keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = keras.layers.LSTM(3)
+
+        def call(self, x: Any) -> Any:
+            return self.lstm(x)
+
+    model = Forecaster()
+    model(np.zeros((1, 4, 2), np.float32))
+    with pytest.raises(UnsupportedSourceError, match="subclassed.*--input NAME:SHAPE:DTYPE"):
+        keras_converter.convert(model)

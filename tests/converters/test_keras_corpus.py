@@ -16,6 +16,7 @@ import pytest
 
 from converters import gates, parity
 from converters.result import ConversionResult
+from converters.specs import InputSpec
 from tests.converters.keras_gates import assert_gates_equal
 
 keras = pytest.importorskip("keras")
@@ -31,6 +32,7 @@ class Case:
     build: Callable[[Any], Any]
     flavour: str  # "keras" (Keras 3) or "tf-keras"
     calls: int = 0  # recurrent layer calls beyond one per layer (a shared layer gives one fused node per call)
+    inputs: tuple[InputSpec, ...] = ()  # what a subclassed model (no symbolic inputs) is called with
 
 
 def _seed(k: Any) -> None:
@@ -185,6 +187,26 @@ def siamese_shared_encoder(k: Any) -> Any:
     return k.Model([left, right], k.layers.Dense(1, activation="sigmoid", name="same")(distance))
 
 
+def subclassed_tagger(k: Any) -> Any:
+    """A subclassed model (the TF tutorials' style): masked Embedding -> Bidirectional GRU (sum) -> Dense."""
+
+    class Tagger(k.Model):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__(name="tagger")
+            self.embed = k.layers.Embedding(VOCAB, 4, mask_zero=True)
+            self.rnn = k.layers.Bidirectional(k.layers.GRU(4, return_sequences=True), merge_mode="sum")
+            self.head = k.layers.Dense(3)
+
+        def call(self, tokens: Any) -> Any:
+            return self.head(self.rnn(self.embed(tokens)))
+
+    model = Tagger()
+    model(np.ones((1, 6), np.int32))
+    return model
+
+
+TOKENS = (InputSpec("tokens", (None, None), "int32"),)
+
 CASES: dict[str, Case] = {
     "conv-lstm-forecaster": Case(conv_lstm_forecaster, "keras"),
     "text-classifier-batchnorm": Case(text_classifier_batchnorm, "keras"),
@@ -203,6 +225,8 @@ CASES: dict[str, Case] = {
     "two-branches-two-outputs": Case(two_branches_two_outputs, "keras"),
     "state-inputs-lstm": Case(state_inputs_lstm, "keras"),
     "siamese-shared-encoder": Case(siamese_shared_encoder, "keras", calls=1),
+    "subclassed-tagger": Case(subclassed_tagger, "keras", inputs=TOKENS),
+    "tf-keras-subclassed-tagger": Case(subclassed_tagger, "tf-keras", inputs=TOKENS),
     "tf-keras-seq2seq-encoder-decoder": Case(seq2seq_encoder_decoder, "tf-keras"),
     "tf-keras-conv-masking-bilstm-ave": Case(conv_masking_bilstm_ave, "tf-keras"),
     "tf-keras-stacked-bigru-tagger": Case(stacked_bigru_tagger, "tf-keras"),
@@ -275,7 +299,7 @@ def _convert(converted: dict[str, tuple[Any, ConversionResult]], name: str) -> t
         from converters import keras as keras_converter
 
         model = _build(CASES[name])
-        converted[name] = (model, keras_converter.convert(model))
+        converted[name] = (model, keras_converter.convert(model, inputs=list(CASES[name].inputs) or None))
     return converted[name]
 
 
@@ -317,7 +341,7 @@ def test_what_plain_tf2onnx_converts_modelbridge_converts_too(converted: dict[st
     from converters.keras_markers import MARKER_DOMAIN
 
     model, result = _convert(converted, name)
-    specs = keras_converter.input_specs(model, None)
+    specs = keras_converter.input_specs(model, list(CASES[name].inputs) or None)
     signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
     function = tf.function(lambda *xs: model(xs[0] if len(xs) == 1 else list(xs), training=False),
                            input_signature=signature)
