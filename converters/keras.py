@@ -234,6 +234,14 @@ def _replace_placeholders(model: onnx.ModelProto, sites: list[RecurrentSite]) ->
     del graph.value_info[:]
 
 
+def call_arguments(model: Any, values: list[Any]) -> Any:
+    """The model's inputs in its own structure: one value, a list, or a dict (whose flat order is sorted keys)."""
+    structure = getattr(model, "_inputs_struct", None) or getattr(model, "_nested_inputs", None)
+    if isinstance(structure, dict) and len(structure) == len(values):
+        return dict(zip(sorted(structure), values, strict=True))
+    return values[0] if len(values) == 1 else values
+
+
 def _to_tensor(flavour: str) -> Callable[[np.ndarray], Any]:
     if flavour == "tf-keras":
         import tensorflow as tf
@@ -266,7 +274,7 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
     sites: list[RecurrentSite] = []
 
     def run(*tensors: Any) -> list[Any]:
-        outputs = model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)
+        outputs = model(call_arguments(model, list(tensors)), training=False)
         return list(tf.nest.flatten(outputs))
 
     with placeholders(model, sites, to_tensor=_to_tensor(flavour), as_list=flavour == "tf-keras"), _quiet_shapes():
@@ -326,7 +334,7 @@ def _all_layers(model: Any) -> list[Any]:
 
 def run_keras(model: Any, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
     arrays = [feeds[spec.name] for spec in specs]
-    outputs = model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+    outputs = model(call_arguments(model, arrays), training=False)
     flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     if isinstance(outputs, dict):
         flat = [outputs[key] for key in sorted(outputs)]

@@ -292,3 +292,18 @@ def test_subclassed_model_without_specs_asks_for_them() -> None:
     model(np.zeros((1, 4, 2), np.float32))
     with pytest.raises(UnsupportedSourceError, match="subclassed.*--input NAME:SHAPE:DTYPE"):
         keras_converter.convert(model)
+
+
+def test_dict_inputs_and_several_outputs_keep_their_names() -> None:
+    from converters import keras as keras_converter
+
+    keras.utils.set_random_seed(0)
+    inputs = {"words": keras.Input((5,), dtype="int32", name="words"), "prices": keras.Input((5, 2), name="prices")}
+    words = keras.layers.GRU(3, name="words_gru")(keras.layers.Embedding(9, 3, mask_zero=True)(inputs["words"]))
+    prices = keras.layers.LSTM(3, name="prices_lstm")(inputs["prices"])
+    both = keras.layers.Concatenate()([words, prices])
+    model = keras.Model(inputs, [keras.layers.Dense(1, name="up")(both), keras.layers.Dense(2, name="mood")(words)])
+    result = keras_converter.convert(model, opset=17)
+    assert sorted(value.name for value in result.model.graph.input) == ["prices", "words"]
+    assert [value.name for value in result.model.graph.output] == ["up", "mood"]
+    assert sorted(op for op in result.op_types() if op in RECURRENT) == ["GRU", "LSTM"] and result.parity.passed
