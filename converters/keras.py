@@ -236,7 +236,9 @@ def _replace_placeholders(model: onnx.ModelProto, sites: list[RecurrentSite]) ->
 
 def call_arguments(model: Any, values: list[Any]) -> Any:
     """The model's inputs in its own structure: one value, a list, or a dict (whose flat order is sorted keys)."""
-    structure = getattr(model, "_inputs_struct", None) or getattr(model, "_nested_inputs", None)
+    structure = getattr(model, "_inputs_struct", None)  # Keras 3 (a single KerasTensor has no truth value)
+    if structure is None:
+        structure = getattr(model, "_nested_inputs", None)  # tf-keras
     if isinstance(structure, dict) and len(structure) == len(values):
         return dict(zip(sorted(structure), values, strict=True))
     return values[0] if len(values) == 1 else values
