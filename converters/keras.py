@@ -27,8 +27,9 @@ import onnx
 from converters import DEFAULT_OPSET, UnsupportedSourceError
 from converters import parity as parity_check
 from converters.annotations import annotate_recurrent_node
-from converters.keras_fuse import RecurrentSite, fuse
-from converters.keras_layers import GraphBuilder, UnsupportedLayerError
+from converters.keras_fuse import RecurrentSite
+from converters.keras_graph import loops_left, name_outputs, replace_placeholders
+from converters.keras_layers import UnsupportedLayerError
 from converters.keras_markers import (
     MARKER_DOMAIN,
     MARKER_PREFIX,
@@ -159,81 +160,6 @@ def output_names(model: Any) -> list[str]:
     return names
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph nested in its nodes' attributes."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from _graphs(sub)
-
-
-def loops_left(model: onnx.ModelProto) -> list[str]:
-    return sorted({node.op_type for graph in _graphs(model.graph) for node in graph.node} & {"Loop", "Scan"})
-
-
-def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
-    graph = model.graph
-    if len(names) != len(graph.output):
-        return
-    taken = {name for g in _graphs(graph) for node in g.node for name in [*node.input, *node.output]}
-    renames: dict[str, str] = {}
-    for value_info, name in zip(graph.output, names, strict=True):
-        if value_info.name != name and name not in taken and name not in renames.values():
-            renames[value_info.name] = name
-            value_info.name = name
-    for g in _graphs(graph):
-        for node in g.node:
-            node.input[:] = [renames.get(name, name) for name in node.input]
-            node.output[:] = [renames.get(name, name) for name in node.output]
-
-
-def _declare_output_shapes(model: onnx.ModelProto, shapes: list[list[int | None]]) -> None:
-    """Graph outputs fed by a placeholder have no shape from tf2onnx: take the traced function's."""
-    outputs = model.graph.output
-    if len(outputs) != len(shapes) or not all(shapes):
-        return
-    for value_info, shape in zip(outputs, shapes, strict=True):
-        tensor_type = value_info.type.tensor_type
-        if tensor_type.HasField("shape") and len(tensor_type.shape.dim) == len(shape):
-            continue
-        tensor_type.ClearField("shape")
-        for k, dim in enumerate(shape):
-            entry = tensor_type.shape.dim.add()
-            if dim is None:
-                entry.dim_param = "batch" if k == 0 else f"{value_info.name}_dim{k}"
-            else:
-                entry.dim_value = dim
-
-
-def _replace_placeholders(model: onnx.ModelProto, sites: list[RecurrentSite]) -> None:
-    graph = model.graph
-    taken = {name for node in graph.node for name in [node.name, *node.input, *node.output]}
-    builder = GraphBuilder(taken=taken | {init.name for init in graph.initializer})
-    nodes = []
-    fused = set()
-    for node in graph.node:
-        if node.domain != MARKER_DOMAIN:
-            nodes.append(node)
-            continue
-        index = next(attr.i for attr in node.attribute if attr.name == "site")
-        start = len(builder.nodes)
-        fuse(builder, sites[index], list(node.input), list(node.output))
-        nodes.extend(builder.nodes[start:])
-        fused.add(index)
-    missing = [site.layer for site in sites if site.index not in fused]
-    if missing:
-        raise UnsupportedLayerError(f"recurrent layer(s) {', '.join(missing)} did not reach the exported graph")
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(builder.initializers)
-    kept = [opset for opset in model.opset_import if opset.domain != MARKER_DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    # tf2onnx could not infer shapes through the placeholders; stale partial entries would only mislead.
-    del graph.value_info[:]
-
-
 def call_arguments(model: Any, values: list[Any]) -> Any:
     """The model's inputs in its own structure: one value, a list, or a dict (whose flat order is sorted keys)."""
     structure = getattr(model, "_inputs_struct", None)  # Keras 3 (a single KerasTensor has no truth value)
@@ -298,14 +224,13 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
         except Exception as exc:  # tf2onnx's own failures name the TF op it could not convert
             raise UnsupportedLayerError(f"tf2onnx cannot convert Keras model {model.name!r}: "
                                         f"{type(exc).__name__}: {str(exc)[:500]}") from exc
-    _replace_placeholders(proto, sites)
+    replace_placeholders(proto, sites)
     rewrite_prelu(proto)  # Keras 3's PReLU arrives as Relu/Neg/Mul/Add
     left = loops_left(proto)
     if left:
         raise UnsupportedLayerError(f"Keras model {model.name!r} converted with {', '.join(left)} nodes left (a "
                                     "layer computes a loop that is not one of the recurrent layers we fuse)")
-    _rename_outputs(proto, output_names(model))
-    _declare_output_shapes(proto, output_shapes)
+    name_outputs(proto, output_names(model), output_shapes)
     proto.ir_version = IR_VERSION
     proto.producer_name = "modelbridge.converters.keras (tf2onnx " + tf2onnx.__version__ + ")"
     onnx.checker.check_model(proto)

@@ -126,6 +126,7 @@ def fuse(b: GraphBuilder, site: RecurrentSite, inputs: list[str], outputs: list[
         folded["mask"] = ("unmasked steps moved to the front of each sequence, sequence_lens = their count; "
                           "outputs gathered back with Keras' carry-over"
                           + (" (zeros at masked steps)" if site.zero_output_for_mask else ""))
+        folded["sequence_lens"] = lens
     x_time = b.add("Transpose", [x], base=f"{base}/to_time_major", perm=[1, 0, 2])[0]
     count = STATE_COUNT[site.op]
     initial = [_initial_state(b, site, states, slot) for slot in range(count)] if states else [""] * count

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from converters import gates, parity
+from converters.keras_graph import loops_left
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 from tests.converters.keras_gates import assert_gates_equal
@@ -324,7 +325,7 @@ def test_corpus_model_is_fused_exact_and_gate_faithful(converted: dict[str, Any]
     from converters.keras_markers import recurrent_layers
 
     model, result = _convert(converted, name)
-    assert keras_converter.loops_left(result.model) == []
+    assert loops_left(result.model) == []
     layers = {layer.name: layer for layer in recurrent_layers(model)}
     assert len(_recurrent_nodes(result)) == len(layers) + CASES[name].calls
     split = gates.split_gates_arrays(result.model)["nodes"]
