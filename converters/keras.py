@@ -260,21 +260,20 @@ def _all_layers(model: Any) -> list[Any]:
 
 
 def run_keras(model: Any, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
-    arrays = [feeds[spec.name] for spec in specs]
-    outputs = model(call_arguments(model, arrays), training=False)
-    flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    if isinstance(outputs, dict):
-        flat = [outputs[key] for key in sorted(outputs)]
-    return [np.asarray(out.numpy() if hasattr(out, "numpy") else out) for out in flat]
+    """The model's outputs on ``feeds``, flattened as the traced function flattened them."""
+    import tensorflow as tf
+
+    outputs = model(call_arguments(model, [feeds[spec.name] for spec in specs]), training=False)
+    return [np.asarray(out.numpy() if hasattr(out, "numpy") else out) for out in tf.nest.flatten(outputs)]
 
 
 def annotate(proto: onnx.ModelProto, sites: list[RecurrentSite], flavour: str) -> list[dict[str, Any]]:
     nodes = {node.name: node for node in proto.graph.node}
     return [
-        annotate_recurrent_node(proto, nodes[site.node_name], framework=flavour, layer=site.layer,
-                                variables=site.variables, source_gate_order=site.source_gate_order,
-                                gate_map=site.gate_map, folded=site.folded, notes=site.notes)
-        for site in sites
+        annotate_recurrent_node(proto, nodes[cell.node_name], framework=flavour, layer=site.layer,
+                                variables=cell.variables, source_gate_order=cell.source_gate_order,
+                                gate_map=cell.gate_map, folded=site.folded, notes=cell.notes)
+        for site in sites for cell in site.cells
     ]
 
 

@@ -23,17 +23,35 @@ STATE_COUNT = {"LSTM": 2, "GRU": 1, "RNN": 1}
 
 
 @dataclass
-class RecurrentSite:
-    """One call of a Keras recurrent layer, as the placeholder node and the fused node need it."""
+class FusedCell:
+    """One fused node's weights and what its annotation says about them."""
 
-    index: int
-    layer: str  # Keras layer name (the Bidirectional wrapper's for a bidirectional node)
     op: str  # LSTM, GRU or RNN
     weights: tuple[np.ndarray, np.ndarray, np.ndarray]  # ONNX W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H]
     attributes: dict[str, Any]  # activations, activation_alpha/beta, linear_before_reset
     variables: dict[str, str]
     source_gate_order: tuple[str, ...]
     gate_map: dict[str, str]
+    notes: str = ""
+    node_name: str = ""  # set by fuse
+
+    @property
+    def hidden(self) -> int:
+        return int(self.weights[1].shape[-1])
+
+    @property
+    def states(self) -> int:
+        return STATE_COUNT[self.op]
+
+
+@dataclass
+class RecurrentSite:
+    """One call of a Keras recurrent layer, as the placeholder node and the fused node(s) need it: one cell,
+    or (RNN over StackedRNNCells) one per stacked cell, each a node reading the one before."""
+
+    index: int
+    layer: str  # Keras layer name (the Bidirectional wrapper's for a bidirectional node)
+    cells: list[FusedCell]
     bidirectional: bool = False
     go_backwards: bool = False
     return_sequences: bool = False
@@ -42,8 +60,6 @@ class RecurrentSite:
     zero_output_for_mask: bool = False
     has_mask: bool = False
     initial_states: int = 0
-    notes: str = ""
-    node_name: str = ""  # set by fuse
     folded: dict[str, Any] = field(default_factory=dict)  # set by fuse
 
     @property
@@ -52,11 +68,20 @@ class RecurrentSite:
 
     @property
     def hidden(self) -> int:
-        return int(self.weights[1].shape[-1])
+        return self.cells[-1].hidden
+
+    def state_sizes(self) -> list[int]:
+        """Hidden size of each Keras state, in Keras' order: per direction, per cell, h then c."""
+        return [cell.hidden for _ in range(self.directions) for cell in self.cells for _ in range(cell.states)]
 
     def output_count(self) -> int:
         main = 2 if self.bidirectional and self.merge_mode is None else 1
-        return main + (STATE_COUNT[self.op] * self.directions if self.return_state else 0)
+        return main + (len(self.state_sizes()) if self.return_state else 0)
+
+
+def _state_index(site: RecurrentSite, direction: int, cell: int, slot: int) -> int:
+    per_direction = sum(each.states for each in site.cells)
+    return direction * per_direction + sum(each.states for each in site.cells[:cell]) + slot
 
 
 def _reverse_time(b: GraphBuilder, tensor: str, base: str) -> str:
@@ -68,12 +93,11 @@ def _reverse_time(b: GraphBuilder, tensor: str, base: str) -> str:
     return b.add("Slice", [tensor, starts, ends, axes, steps], base=f"{base}/reverse_time")[0]
 
 
-def _initial_state(b: GraphBuilder, site: RecurrentSite, states: list[str], slot: int) -> str:
+def _initial_state(b: GraphBuilder, site: RecurrentSite, states: list[str], cell: int, slot: int) -> str:
     """Keras passes [N, H] states, forward ones first; ONNX wants [D, N, H]."""
-    count = STATE_COUNT[site.op]
     axis = b.const(f"{site.layer}/state_axis", np.array([0], np.int64))
-    parts = [b.add("Unsqueeze", [states[d * count + slot], axis], base=f"{site.layer}/initial_state")[0]
-             for d in range(site.directions)]
+    parts = [b.add("Unsqueeze", [states[_state_index(site, d, cell, slot)], axis],
+                   base=f"{site.layer}/initial_state")[0] for d in range(site.directions)]
     return parts[0] if len(parts) == 1 else b.add("Concat", parts, base=f"{site.layer}/initial_state", axis=0)[0]
 
 
@@ -108,7 +132,7 @@ def _merge(b: GraphBuilder, site: RecurrentSite, y: str, axis: int, outputs: lis
             raise ValueError(f"Bidirectional merge_mode {mode!r}")
 
 
-def fuse(b: GraphBuilder, site: RecurrentSite, inputs: list[str], outputs: list[str]) -> onnx.NodeProto:
+def fuse(b: GraphBuilder, site: RecurrentSite, inputs: list[str], outputs: list[str]) -> None:
     """Append the subgraph for ``site`` reading the placeholder's ``inputs`` and writing its ``outputs``."""
     base = site.layer
     x, rest = inputs[0], list(inputs[1:])
@@ -128,19 +152,25 @@ def fuse(b: GraphBuilder, site: RecurrentSite, inputs: list[str], outputs: list[
                           + (" (zeros at masked steps)" if site.zero_output_for_mask else ""))
         folded["sequence_lens"] = lens
     x_time = b.add("Transpose", [x], base=f"{base}/to_time_major", perm=[1, 0, 2])[0]
-    count = STATE_COUNT[site.op]
-    initial = [_initial_state(b, site, states, slot) for slot in range(count)] if states else [""] * count
     if states:
         folded["initial_state"] = f"{len(states)} Keras state inputs stacked per direction"
-    weight, recurrence, bias = site.weights
-    node_inputs = [x_time, b.const(f"{base}/W", weight), b.const(f"{base}/R", recurrence), b.const(f"{base}/B", bias),
-                   lens, *initial]
-    while not node_inputs[-1]:
-        node_inputs.pop()
     direction = "bidirectional" if site.bidirectional else "forward"
-    fused = b.add(site.op, node_inputs, base=f"{base}/{site.op}", outputs=1 + count, hidden_size=site.hidden,
-                  direction=direction, layout=0, **site.attributes)
-    node = b.nodes[-1]
+    results = []
+    for k, cell in enumerate(site.cells):
+        initial = [_initial_state(b, site, states, k, slot) if states else "" for slot in range(cell.states)]
+        weight, recurrence, bias = cell.weights
+        node_inputs = [x_time, b.const(f"{base}/W", weight), b.const(f"{base}/R", recurrence),
+                       b.const(f"{base}/B", bias), lens, *initial]
+        while not node_inputs[-1]:
+            node_inputs.pop()
+        fused = b.add(cell.op, node_inputs, base=f"{base}/{cell.op}", outputs=1 + cell.states,
+                      hidden_size=cell.hidden, direction=direction, layout=0, **cell.attributes)
+        cell.node_name = b.nodes[-1].name
+        results.append(fused)
+        if k + 1 < len(site.cells):  # the next stacked cell reads this one's sequence (one direction: squeeze D)
+            x_time = b.add("Squeeze", [fused[0], b.const(f"{base}/stack_axis", np.array([1], np.int64))],
+                           base=f"{base}/stacked_sequence")[0]
+    fused = results[-1]
     main = outputs[:2] if site.bidirectional and site.merge_mode is None else outputs[:1]
     if site.return_sequences:
         y = b.add("Transpose", [fused[0]], base=f"{base}/to_batch_major", perm=[2, 0, 1, 3])[0]  # [N, T, D, H]
@@ -156,12 +186,12 @@ def fuse(b: GraphBuilder, site: RecurrentSite, inputs: list[str], outputs: list[
         state_names = outputs[len(main):]
         for d in range(site.directions):
             index = b.const(f"{base}/state_direction{d}", np.array(d, np.int64))
-            for slot in range(count):
-                b.add("Gather", [fused[1 + slot], index], base=f"{base}/state", names=[state_names[d * count + slot]],
-                      axis=0)
+            for k, (cell, produced) in enumerate(zip(site.cells, results, strict=True)):
+                for slot in range(cell.states):
+                    b.add("Gather", [produced[1 + slot], index], base=f"{base}/state",
+                          names=[state_names[_state_index(site, d, k, slot)]], axis=0)
         folded["return_state"] = "Y_h (and Y_c) split per direction, forward states first"
-    site.node_name, site.folded = node.name, folded
-    return node
+    site.folded = folded
 
 
 def _zero_if_last_masked(b: GraphBuilder, last: str, mask: str, base: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.keras_fuse import STATE_COUNT, RecurrentSite
+from converters.keras_fuse import FusedCell, RecurrentSite
 from converters.keras_layers import UnsupportedLayerError, recurrent_activations, value, variable_name
 from converters.keras_recurrent import (
     GRU_GATE_MAP,
@@ -65,20 +65,26 @@ def recurrent_layers(model: Any) -> list[Any]:
     return found
 
 
-def _op_of(layer: Any) -> str:
+def _cells_of(layer: Any) -> list[tuple[str, Any]]:
+    """(ONNX op, Keras cell) per fused node the layer becomes: one, or one per cell of StackedRNNCells."""
     if _UNFUSABLE & set(_class_names(layer)):
         raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}): convolutional recurrent "
                                     "layers have no fused ONNX op")
-    cell = getattr(layer, "cell", None)
-    for name in _class_names(cell):
-        if name in _CELLS:
-            return _CELLS[name]
-    raise UnsupportedLayerError(f"layer {layer.name!r}: RNN over a {type(cell).__name__} cell has no fused ONNX op "
-                                "(only LSTMCell, GRUCell and SimpleRNNCell cells can be fused)")
+    cell: Any = getattr(layer, "cell", None)
+    cells = list(cell.cells) if "StackedRNNCells" in _class_names(cell) else [cell]
+    found = []
+    for each in cells:
+        op = next((_CELLS[name] for name in _class_names(each) if name in _CELLS), None)
+        if op is None:
+            raise UnsupportedLayerError(f"layer {layer.name!r}: RNN over a {type(each).__name__} cell has no fused "
+                                        "ONNX op (only LSTMCell, GRUCell and SimpleRNNCell cells, alone or stacked, "
+                                        "can be fused)")
+        found.append((op, each))
+    return found
 
 
-def _check_core(layer: Any) -> str:
-    op = _op_of(layer)
+def _check_core(layer: Any) -> list[tuple[str, Any]]:
+    cells = _cells_of(layer)
     kind = type(layer).__name__
     if getattr(layer, "stateful", False):
         raise UnsupportedLayerError(f"layer {layer.name!r} ({kind}): stateful=True keeps state in variables between "
@@ -90,12 +96,11 @@ def _check_core(layer: Any) -> str:
                                     "layers are converted")
     if getattr(layer, "time_major", False):
         raise UnsupportedLayerError(f"layer {layer.name!r} ({kind}): time_major=True is not supported")
-    return op
+    return cells
 
 
-def _direction(layer: Any, op: str, to_tensor: Callable[[np.ndarray], Any], where: str
+def _direction(cell: Any, op: str, to_tensor: Callable[[np.ndarray], Any], where: str
                ) -> tuple[tuple[np.ndarray, ...], dict[str, str], tuple[list[str], list[float], list[float]]]:
-    cell = layer.cell
     kernel, recurrent = value(cell.kernel), value(cell.recurrent_kernel)
     bias = value(cell.bias) if cell.use_bias else None
     names = {"kernel": variable_name(cell.kernel), "recurrent_kernel": variable_name(cell.recurrent_kernel)}
@@ -110,27 +115,12 @@ def _direction(layer: Any, op: str, to_tensor: Callable[[np.ndarray], Any], wher
     return weights, names, recurrent_activations(cell, op, to_tensor, where)
 
 
-def describe(layer: Any, to_tensor: Callable[[np.ndarray], Any]) -> RecurrentSite:
-    """Everything about ``layer`` that does not depend on how it is called."""
-    bidirectional = "Bidirectional" in _class_names(layer)
-    parts = [layer.forward_layer, layer.backward_layer] if bidirectional else [layer]
-    ops = {_check_core(part) for part in parts}
-    if len(ops) != 1:
-        raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): its directions are different layer types "
-                                    f"({' and '.join(type(part).__name__ for part in parts)}); one ONNX node runs "
-                                    "both directions of one op")
-    op = ops.pop()
-    if bidirectional:
-        forward, backward = parts
-        if forward.go_backwards or not backward.go_backwards:
-            raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): its forward layer must read forwards "
-                                        "and its backward layer backwards")
-        if forward.cell.units != backward.cell.units or forward.return_sequences != backward.return_sequences:
-            raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): its directions differ in units or "
-                                        "return_sequences")
+def _fused_cell(layer: Any, op: str, cells: list[Any], to_tensor: Callable[[np.ndarray], Any], note: str
+                ) -> FusedCell:
+    """One node's weights from one Keras cell per direction (forward first)."""
     weights, variables, activations, alphas, betas = [], {}, [], [], []
-    for prefix, part in zip(["forward.", "reverse."] if bidirectional else [""], parts, strict=True):
-        direction, names, (acts, alpha, beta) = _direction(part, op, to_tensor, layer.name)
+    for prefix, cell in zip(["forward.", "reverse."] if len(cells) == 2 else [""], cells, strict=True):
+        direction, names, (acts, alpha, beta) = _direction(cell, op, to_tensor, layer.name)
         weights.append(direction)
         variables.update({prefix + key: name for key, name in names.items()})
         activations += acts
@@ -141,22 +131,49 @@ def describe(layer: Any, to_tensor: Callable[[np.ndarray], Any]) -> RecurrentSit
         attributes["activation_alpha"] = alphas
     if betas:
         attributes["activation_beta"] = betas
-    notes = f"Keras {type(layer).__name__} built from its weights"
+    notes = f"Keras {type(layer).__name__} built from its weights{note}"
     if op == "GRU":
-        reset_after = bool(parts[0].cell.reset_after)
+        reset_after = bool(cells[0].reset_after)
         attributes["linear_before_reset"] = int(reset_after)
         notes += f" (reset_after={reset_after})"
     order, gate_map = _GATES[op]
+    stacked = tuple(np.stack([w[k] for w in weights]) for k in range(3))
+    return FusedCell(op=op, weights=(stacked[0], stacked[1], stacked[2]), attributes=attributes,
+                     variables=variables, source_gate_order=order, gate_map=dict(gate_map), notes=notes)
+
+
+def describe(layer: Any, to_tensor: Callable[[np.ndarray], Any]) -> RecurrentSite:
+    """Everything about ``layer`` that does not depend on how it is called."""
+    bidirectional = "Bidirectional" in _class_names(layer)
+    parts = [layer.forward_layer, layer.backward_layer] if bidirectional else [layer]
+    per_part = [_check_core(part) for part in parts]
+    if bidirectional:
+        forward, backward = parts
+        if len(per_part[0]) != 1 or len(per_part[1]) != 1:
+            raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): stacked cells in a Bidirectional "
+                                        "wrapper are not supported (stack Bidirectional layers instead)")
+        if per_part[0][0][0] != per_part[1][0][0]:
+            raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): its directions are different layer "
+                                        f"types ({type(forward).__name__} and {type(backward).__name__}); one ONNX "
+                                        "node runs both directions of one op")
+        if forward.go_backwards or not backward.go_backwards:
+            raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): its forward layer must read forwards "
+                                        "and its backward layer backwards")
+        if forward.cell.units != backward.cell.units or forward.return_sequences != backward.return_sequences:
+            raise UnsupportedLayerError(f"layer {layer.name!r} (Bidirectional): its directions differ in units or "
+                                        "return_sequences")
+        cells = [_fused_cell(layer, per_part[0][0][0], [forward.cell, backward.cell], to_tensor, "")]
+    else:
+        count = len(per_part[0])
+        cells = [_fused_cell(layer, op, [cell], to_tensor, f", stacked cell {k} of {count}" if count > 1 else "")
+                 for k, (op, cell) in enumerate(per_part[0])]
     core = parts[0]
     return RecurrentSite(
-        index=-1, layer=layer.name, op=op,
-        weights=(np.stack([w[0] for w in weights]), np.stack([w[1] for w in weights]),
-                 np.stack([w[2] for w in weights])),
-        attributes=attributes, variables=variables, source_gate_order=order, gate_map=dict(gate_map),
+        index=-1, layer=layer.name, cells=cells,
         bidirectional=bidirectional, go_backwards=bool(core.go_backwards) and not bidirectional,
         return_sequences=bool(core.return_sequences), return_state=bool(layer.return_state),
         merge_mode=layer.merge_mode if bidirectional else None,
-        zero_output_for_mask=bool(getattr(core, "zero_output_for_mask", False)), notes=notes)
+        zero_output_for_mask=bool(getattr(core, "zero_output_for_mask", False)))
 
 
 def _unpack_call(layer: Any, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -174,7 +191,9 @@ def _unpack_call(layer: Any, signature: inspect.Signature, args: tuple[Any, ...]
         mask = mask[0]
     if initial is not None and not isinstance(initial, (list, tuple)):
         initial = [initial]
-    return sequence, mask, list(initial or [])
+    import tensorflow as tf
+
+    return sequence, mask, list(tf.nest.flatten(initial)) if initial is not None else []
 
 
 @contextmanager
@@ -193,11 +212,13 @@ def placeholders(model: Any, sites: list[RecurrentSite], *, to_tensor: Callable[
         @tf.autograph.experimental.do_not_convert
         def call(*args: Any, **kwargs: Any) -> Any:
             sequence, mask, initial = _unpack_call(layer, signature, args, kwargs)
-            count = STATE_COUNT[template.op]
-            if initial and len(initial) != count * template.directions:
+            expected = len(template.state_sizes())
+            if initial and len(initial) != expected:
                 raise UnsupportedLayerError(f"layer {layer.name!r}: {len(initial)} initial states given, it has "
-                                            f"{count * template.directions}")
-            site = replace(template, index=len(sites), has_mask=mask is not None, initial_states=len(initial))
+                                            f"{expected}")
+            # A shared layer is called more than once: each call gets its own cells (and node names).
+            site = replace(template, index=len(sites), has_mask=mask is not None, initial_states=len(initial),
+                           cells=[replace(cell) for cell in template.cells])
             sites.append(site)
             feeds = [tf.convert_to_tensor(sequence)]
             if mask is not None:
@@ -264,7 +285,7 @@ def output_shapes(site: RecurrentSite, batch: Any, steps: Any) -> list[list[Any]
     width = 2 * hidden if site.bidirectional and site.merge_mode == "concat" else hidden
     main = 2 if site.bidirectional and site.merge_mode is None else 1
     shapes = [[batch, steps, width] if site.return_sequences else [batch, width] for _ in range(main)]
-    return shapes + [[batch, hidden]] * (site.output_count() - main)
+    return shapes + ([[batch, size] for size in site.state_sizes()] if site.return_state else [])
 
 
 def _structure(site: RecurrentSite, outs: list[Any], *, as_list: bool) -> Any:

@@ -13,9 +13,8 @@ def cell_kind(cell: Any) -> str:
     return next(name for klass in type(cell).__mro__ if (name := klass.__name__) in _LETTERS)
 
 
-def keras_blocks(layer: Any) -> dict[str, dict[str, np.ndarray]]:
-    """W [H, I], R [H, H], Wb, Rb per gate of one direction, keyed by the ONNX gate letter."""
-    cell = layer.cell
+def keras_blocks(cell: Any) -> dict[str, dict[str, np.ndarray]]:
+    """W [H, I], R [H, H], Wb, Rb per gate of one Keras cell, keyed by the ONNX gate letter."""
     kind = cell_kind(cell)
     kernel, recurrent = np.asarray(cell.kernel.numpy()), np.asarray(cell.recurrent_kernel.numpy())
     hidden = recurrent.shape[0]
@@ -32,19 +31,21 @@ def keras_blocks(layer: Any) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def directions_of(layer: Any) -> list[Any]:
-    """The per-direction layers of a recurrent layer (forward then backward for Bidirectional)."""
+def expected_nodes(layer: Any) -> list[list[Any]]:
+    """Per fused node one call of ``layer`` becomes, its Keras cell per direction: Bidirectional gives one
+    node of two directions, an RNN over StackedRNNCells one node per cell, anything else one node."""
     if any(klass.__name__ == "Bidirectional" for klass in type(layer).__mro__):
-        return [layer.forward_layer, layer.backward_layer]
-    return [layer]
+        return [[layer.forward_layer.cell, layer.backward_layer.cell]]
+    if any(klass.__name__ == "StackedRNNCells" for klass in type(layer.cell).__mro__):
+        return [[cell] for cell in layer.cell.cells]
+    return [[layer.cell]]
 
 
-def assert_gates_equal(node: dict[str, Any], layer: Any, where: str) -> None:
-    """``node`` (one entry of gates.split_gates_arrays) holds exactly ``layer``'s weights, per direction and gate."""
-    parts = directions_of(layer)
-    assert len(node["directions"]) == len(parts), where
-    for part, direction in zip(parts, node["directions"], strict=True):
-        for gate, blocks in keras_blocks(part).items():
+def assert_gates_equal(node: dict[str, Any], cells: list[Any], where: str) -> None:
+    """``node`` (one entry of gates.split_gates_arrays) holds exactly ``cells``' weights, per direction and gate."""
+    assert len(node["directions"]) == len(cells), where
+    for cell, direction in zip(cells, node["directions"], strict=True):
+        for gate, blocks in keras_blocks(cell).items():
             got = direction["gates"][gate]
             for key in ("W", "R", "Wb", "Rb"):
                 np.testing.assert_array_equal(got[key], blocks[key], err_msg=f"{where} {gate}.{key}")

@@ -233,10 +233,10 @@ class _DoublingCell(keras.layers.Layer):
         (lambda: sequential(keras.layers.ConvLSTM1D(2, 2), shape=(4, 5, 3)), "ConvLSTM1D"),
         (lambda: keras.Sequential([keras.Input(batch_shape=(2, 6, 3)), keras.layers.LSTM(3, stateful=True)]),
          "stateful=True"),
-        (lambda: sequential(keras.layers.RNN([keras.layers.LSTMCell(3), keras.layers.LSTMCell(2)])),
-         "StackedRNNCells"),
+        (lambda: sequential(keras.layers.Bidirectional(keras.layers.LSTM(3), backward_layer=keras.layers.GRU(
+            3, go_backwards=True))), "different layer types"),
     ],
-    ids=["activation", "custom-cell", "conv-lstm", "stateful", "stacked-cells"],
+    ids=["activation", "custom-cell", "conv-lstm", "stateful", "mixed-bidirectional"],
 )
 def test_unsupported_models_are_refused_by_name(make: Callable[[], Any], named: str) -> None:
     from converters import keras as keras_converter

@@ -18,7 +18,7 @@ from converters import gates, parity
 from converters.keras_graph import loops_left
 from converters.result import ConversionResult
 from converters.specs import InputSpec
-from tests.converters.keras_gates import assert_gates_equal
+from tests.converters.keras_gates import assert_gates_equal, expected_nodes
 
 keras = pytest.importorskip("keras")
 tf_keras = pytest.importorskip("tf_keras")
@@ -150,10 +150,10 @@ def attention_over_lstm(k: Any) -> Any:
 
 
 def rnn_cells(k: Any) -> Any:
-    """Generic RNN layers over LSTMCell and GRUCell."""
+    """Generic RNN layers over LSTMCell and GRUCell (softplus and linear activations: ONNX Softplus, Affine)."""
     x = k.Input((6, 3), name="features")
-    y = k.layers.RNN(k.layers.LSTMCell(4), return_sequences=True)(x)
-    return k.Model(x, k.layers.RNN(k.layers.GRUCell(3))(y))
+    y = k.layers.RNN(k.layers.LSTMCell(4, activation="softplus"), return_sequences=True)(x)
+    return k.Model(x, k.layers.RNN(k.layers.GRUCell(3, activation="linear"))(y))
 
 
 def two_branches_two_outputs(k: Any) -> Any:
@@ -188,6 +188,20 @@ def bidirectional_initial_state_mask(k: Any) -> Any:
     outputs = k.layers.Bidirectional(k.layers.LSTM(3, return_sequences=True, return_state=True))(
         x, initial_state=states, mask=mask)
     return k.Model([x, mask, *states], list(outputs))
+
+
+def stacked_cells_states(k: Any) -> Any:
+    """RNN over StackedRNNCells (LSTMCell then GRUCell) on masked tokens, returning the states of both cells."""
+    x = k.Input((None,), dtype="int32", name="tokens")
+    y = k.layers.Embedding(VOCAB, 4, mask_zero=True)(x)
+    outputs = k.layers.RNN([k.layers.LSTMCell(4), k.layers.GRUCell(3)], return_sequences=True, return_state=True)(y)
+    return k.Model(x, tf_nest_flatten(outputs))
+
+
+def tf_nest_flatten(structure: Any) -> list[Any]:
+    import tensorflow as tf
+
+    return list(tf.nest.flatten(structure))
 
 
 def siamese_shared_encoder(k: Any) -> Any:
@@ -236,6 +250,8 @@ CASES: dict[str, Case] = {
     "two-branches-two-outputs": Case(two_branches_two_outputs, "keras"),
     "state-inputs-lstm": Case(state_inputs_lstm, "keras"),
     "siamese-shared-encoder": Case(siamese_shared_encoder, "keras", calls=1),
+    "stacked-cells-states": Case(stacked_cells_states, "keras"),
+    "tf-keras-stacked-cells-states": Case(stacked_cells_states, "tf-keras"),
     "bidirectional-initial-state-mask": Case(bidirectional_initial_state_mask, "keras"),
     "subclassed-tagger": Case(subclassed_tagger, "keras", inputs=TOKENS),
     "tf-keras-subclassed-tagger": Case(subclassed_tagger, "tf-keras", inputs=TOKENS),
@@ -327,13 +343,16 @@ def test_corpus_model_is_fused_exact_and_gate_faithful(converted: dict[str, Any]
     model, result = _convert(converted, name)
     assert loops_left(result.model) == []
     layers = {layer.name: layer for layer in recurrent_layers(model)}
-    assert len(_recurrent_nodes(result)) == len(layers) + CASES[name].calls
+    per_layer = {name_: expected_nodes(layer) for name_, layer in layers.items()}
+    assert len(_recurrent_nodes(result)) == sum(map(len, per_layer.values())) + CASES[name].calls
     split = gates.split_gates_arrays(result.model)["nodes"]
     assert sorted({entry["source"]["layer"] for entry in split}) == sorted(layers)
-    for entry in split:
-        layer = layers[entry["source"]["layer"]]
-        assert_gates_equal(entry, layer, f"{name}/{layer.name}")
-        assert entry["source"]["framework"] == CASES[name].flavour
+    for layer_name, cells in per_layer.items():
+        entries = [entry for entry in split if entry["source"]["layer"] == layer_name]
+        assert entries and len(entries) % len(cells) == 0
+        for k, entry in enumerate(entries):
+            assert_gates_equal(entry, cells[k % len(cells)], f"{name}/{layer_name}/{k}")
+            assert entry["source"]["framework"] == CASES[name].flavour
     for batch, steps, seed in ((1, 6, 0), (5, 6, 1), (7, 4, 2)):
         feeds = feeds_for(model, result, batch, steps, seed)
         expected = keras_converter.run_keras(model, feeds, parity.specs_of(result.model))
