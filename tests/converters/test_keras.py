@@ -16,6 +16,7 @@ from converters import gates, parity
 from converters.keras_layers import UnsupportedLayerError
 from converters.reference import intermediates, run_reference
 from converters.result import ConversionResult
+from tests.converters.keras_gates import keras_blocks
 
 keras = pytest.importorskip("keras")
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,24 +85,6 @@ def test_recurrent_layers_come_out_fused_and_at_parity(converted: dict[str, Any]
     onnx.checker.check_model(result.model)
 
 
-def _keras_blocks(kind: str, layer: Any) -> dict[str, dict[str, np.ndarray]]:
-    """Per-gate W [H, I], R [H, H], Wb, Rb straight from the Keras variables, keyed by ONNX gate."""
-    cell = layer.cell
-    kernel, recurrent = cell.kernel.numpy(), cell.recurrent_kernel.numpy()
-    hidden = recurrent.shape[0]
-    letters = {"LSTM": ("i", "f", "c", "o"), "GRU": ("z", "r", "h"), "SimpleRNN": ("i",)}[kind]
-    bias = cell.bias.numpy() if cell.use_bias else np.zeros(len(letters) * hidden, np.float32)
-    out = {}
-    for k, gate in enumerate(letters):
-        block = slice(k * hidden, (k + 1) * hidden)
-        if kind == "GRU" and cell.reset_after:
-            wb, rb = bias[0, block], bias[1, block]
-        else:
-            wb, rb = bias[block], np.zeros(hidden, np.float32)
-        out[gate] = {"W": kernel[:, block].T, "R": recurrent[:, block].T, "Wb": wb, "Rb": rb}
-    return out
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_gate_split_matches_the_keras_weights(converted: dict[str, Any], case: str) -> None:
     model, result = converted[case]
@@ -112,7 +95,7 @@ def test_gate_split_matches_the_keras_weights(converted: dict[str, Any], case: s
         assert len(node["directions"]) == len(parts)
         for part, direction in zip(parts, node["directions"], strict=True):
             kind = type(part).__name__
-            expected = _keras_blocks(kind, part)
+            expected = keras_blocks(part.cell)
             for gate, blocks in expected.items():
                 got = direction["gates"][gate]
                 for key in ("W", "R", "Wb", "Rb"):
