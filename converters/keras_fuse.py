@@ -4,8 +4,9 @@ keras_markers.py traces the model with each recurrent layer replaced by a placeh
 inputs are the layer's (batch-major sequence, optional mask, optional initial states) and whose
 outputs are the layer's (output or outputs, then states when ``return_state``).  ``fuse`` builds,
 from the layer's own weights, what Keras computes there: Transpose to time-major, one LSTM/GRU/RNN
-node (one bidirectional node for a Bidirectional wrapper) and the ops that give back Keras' output
-structure — masks through masking.py, merge modes, state outputs.
+node (one bidirectional node for a Bidirectional wrapper; one node per cell, chained, for an RNN over
+StackedRNNCells) and the ops that give back Keras' output structure — masks through masking.py, merge
+modes, state outputs.
 """
 
 from __future__ import annotations
