@@ -173,6 +173,21 @@ def test_keras_file_converts_through_the_framework_table(tmp_path: Path) -> None
     assert result.annotations[0]["source"]["variables"]["kernel"] == reloaded.layers[0].cell.kernel.path
 
 
+def test_masked_bidirectional_keras_file_converts(tmp_path: Path) -> None:
+    from converters import convert
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    states = keras.layers.Embedding(12, 4, mask_zero=True)(tokens)
+    states = keras.layers.Bidirectional(keras.layers.GRU(3, return_sequences=True), merge_mode="sum")(states)
+    path = tmp_path / "tagger.keras"
+    keras.Model(tokens, keras.layers.Dense(2, name="tags")(states)).save(path)
+    result = convert(path)
+    (node,) = [node for node in result.model.graph.node if node.op_type in RECURRENT]
+    assert node.op_type == "GRU" and node.input[4] and result.parity.passed
+    assert result.annotations[0]["direction"] == "bidirectional"
+
+
 def test_cli_converts_a_keras_file(tmp_path: Path) -> None:
     model = sequential(keras.layers.Bidirectional(keras.layers.GRU(3)), keras.layers.Dense(2))
     source, target = tmp_path / "bigru.keras", tmp_path / "bigru.onnx"
