@@ -214,7 +214,7 @@ def test_layers_without_recurrence_fall_back_to_tf2onnx_with_prelu_rewritten() -
     assert ops.count("PRelu") == 1 and "Relu" not in ops
 
 
-class _DoublingCell(keras.layers.Layer):
+class _DoublingCell(keras.layers.Layer):  # type: ignore[misc, name-defined]
     """A custom RNN cell: no ONNX op computes it."""
 
     state_size = 3
@@ -278,7 +278,7 @@ def test_subclassed_model_without_specs_asks_for_them() -> None:
     from converters import UnsupportedSourceError
     from converters import keras as keras_converter
 
-    class Forecaster(keras.Model):  # type: ignore[misc]
+    class Forecaster(keras.Model):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.lstm = keras.layers.LSTM(3)
