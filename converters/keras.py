@@ -1,30 +1,42 @@
-"""Keras 3 and tf-keras 2.x models to ONNX, recurrent layers as single fused LSTM/GRU/RNN nodes.
+"""Keras 3 and tf-keras 2.x models to ONNX: tf2onnx converts the graph, we own the recurrent layers.
 
-Why we build the graph ourselves instead of calling tf2onnx: ``tf2onnx.convert.from_keras`` fails on
-Keras 3, and ``from_function`` leaves GRU, SimpleRNN and hard_sigmoid LSTMs as ONNX Loop (seen with
-Keras 3.15, TF 2.21, tf2onnx 1.17).  Emitting each layer from its weights (keras_layers.py) makes every
-recurrent layer one fused node whose W/R/B rows we place ourselves, so the annotations are exact by
-construction; the parity check then proves the whole model against Keras on the same inputs.  Models
-without recurrent layers that use a layer we do not emit fall back to tf2onnx ``from_function``.
+The model is traced in a ``tf.function`` with every recurrent layer call replaced by a placeholder op
+(keras_markers.py); tf2onnx converts the whole graph around them — any layer it supports, branches,
+several inputs and outputs.  Each placeholder then becomes one fused ONNX LSTM/GRU/RNN node built from
+that layer's own weights (keras_fuse.py, masks through masking.py), annotated per gate.  Why not let
+tf2onnx convert the recurrent layers too: it leaves GRU, SimpleRNN, masked and hard_sigmoid layers as
+ONNX Loops (Keras 3.15, TF 2.21, tf2onnx 1.17), and the placeholder trace skips converting the loops,
+which makes the conversion faster than plain tf2onnx.  The parity check proves the whole model
+against Keras on the same inputs.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from converters import DEFAULT_OPSET, UnsupportedSourceError
 from converters import parity as parity_check
 from converters.annotations import annotate_recurrent_node
-from converters.keras_layers import RECURRENT_LAYERS, GraphBuilder, UnsupportedLayerError, emit
+from converters.keras_fuse import RecurrentSite
+from converters.keras_graph import loops_left, name_outputs, replace_placeholders
+from converters.keras_layers import UnsupportedLayerError
+from converters.keras_markers import (
+    MARKER_DOMAIN,
+    MARKER_PREFIX,
+    marker_handler,
+    placeholders,
+    recurrent_layers,
+)
 from converters.parity import DEFAULT_ATOL
 from converters.prelu_rewrite import rewrite_prelu
 from converters.result import ConversionResult
@@ -76,62 +88,86 @@ def _shape(tensor: Any) -> tuple[int | None, ...]:
     return tuple(None if dim is None else int(dim) for dim in dims)
 
 
-def input_spec(model: Any, inputs: list[InputSpec] | None) -> InputSpec:
-    if len(model.inputs) != 1:
-        raise UnsupportedSourceError(f"Keras model {model.name!r} has {len(model.inputs)} inputs; only "
-                                     "single-input models are supported")
-    declared = _shape(model.inputs[0])
-    if inputs:
-        if len(inputs) != 1:
-            raise UnsupportedSourceError(f"Keras model {model.name!r} has 1 input, {len(inputs)} specs given")
-        spec = inputs[0]
-        if len(spec.shape) != len(declared):
-            raise UnsupportedSourceError(f"input spec {spec} has rank {len(spec.shape)}, the model expects "
-                                         f"rank {len(declared)} {list(declared)}")
-        return spec
-    name = str(getattr(model.inputs[0], "name", "input")).split(":")[0]
+def _tensor_name(tensor: Any, fallback: str) -> str:
+    name = str(getattr(tensor, "name", "") or "").split(":")[0]
     if not name or re.fullmatch(r"keras_tensor(_\d+)?", name):  # Keras 3's counter name for an unnamed Input
-        name = "input"
-    dtype = model.inputs[0].dtype
-    return InputSpec(name, declared, str(getattr(dtype, "name", dtype)))
+        return fallback
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
 
 
-def layer_chain(model: Any) -> list[Any]:
-    """The layers of a Sequential model, or of a functional model that is one straight chain."""
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    if type(model).__name__ == "Sequential":
-        return layers
-    if len(model.outputs) != 1:
-        raise UnsupportedLayerError(f"Keras model {model.name!r} has {len(model.outputs)} outputs; "
-                                    "only single-output models are supported")
-    previous = model.inputs[0]
-    for layer in layers:
-        try:
-            incoming = layer.input
-        except Exception as exc:
-            raise UnsupportedLayerError(f"layer {layer.name!r} is used more than once") from exc
-        if incoming is not previous:
-            raise UnsupportedLayerError(f"layer {layer.name!r}: the functional model is not a single chain "
-                                        "of layers (branches and merges are not supported)")
-        previous = layer.output
-    if previous is not model.outputs[0]:
-        raise UnsupportedLayerError(f"Keras model {model.name!r} is not a single chain of layers")
-    return layers
+def _declared_inputs(model: Any) -> list[Any] | None:
+    """The model's symbolic inputs; None for a subclassed model, which has none until called symbolically."""
+    try:
+        declared = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return list(declared) if declared else None
 
 
-def _all_layers(model: Any) -> list[Any]:
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if hasattr(layer, "layers") and type(layer).__name__ not in RECURRENT_LAYERS:
-            found.extend(_all_layers(layer))
-    return found
+def _describe(tensor: Any, name: str) -> str:
+    dims = ",".join("-1" if dim is None else str(dim) for dim in _shape(tensor))
+    return f"{name}:{dims}:{getattr(tensor.dtype, 'name', tensor.dtype)}"
 
 
-def _value_info(name: str, shape: tuple[int | None, ...], dtype: str) -> onnx.ValueInfoProto:
-    dims: list[int | str] = [("batch" if k == 0 else f"{name}_dim{k}") if dim is None else dim
-                             for k, dim in enumerate(shape)]
-    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), dims)
+def input_specs(model: Any, inputs: list[InputSpec] | None) -> list[InputSpec]:
+    """One spec per model input: the given ones (checked against the model) or the model's own."""
+    declared = _declared_inputs(model)
+    if declared is None:
+        if not inputs:
+            raise UnsupportedSourceError(f"Keras model {model.name!r} is subclassed and declares no inputs: give "
+                                         "one input spec per call argument (--input NAME:SHAPE:DTYPE, e.g. "
+                                         "tokens:-1,20:int32)")
+        return list(inputs)
+    names = [_tensor_name(tensor, "input" if len(declared) == 1 else f"input_{k}") for k, tensor in enumerate(declared)]
+    if not inputs:
+        return [InputSpec(name, _shape(tensor), str(getattr(tensor.dtype, "name", tensor.dtype)))
+                for name, tensor in zip(names, declared, strict=True)]
+    expected = "the model expects " + ", ".join(_describe(tensor, name) for name, tensor in zip(names, declared,
+                                                                                                 strict=True))
+    if len(inputs) != len(declared):
+        raise UnsupportedSourceError(f"Keras model {model.name!r} has {len(declared)} input(s), {len(inputs)} "
+                                     f"spec(s) given; {expected}")
+    for spec, tensor in zip(inputs, declared, strict=True):
+        shape = _shape(tensor)
+        fits = len(spec.shape) == len(shape) and all(
+            want is None or got is None or got == want for got, want in zip(spec.shape, shape, strict=True))
+        if not fits:
+            raise UnsupportedSourceError(f"input spec {spec} does not fit the model's input shape {list(shape)}; "
+                                         f"{expected}")
+        declared_dtype = str(getattr(tensor.dtype, "name", tensor.dtype))
+        if np.dtype(spec.dtype).kind != np.dtype(declared_dtype).kind:
+            raise UnsupportedSourceError(f"input spec {spec} has dtype {spec.dtype}, the model takes "
+                                         f"{declared_dtype}; {expected}")
+    return list(inputs)
+
+
+def output_names(model: Any) -> list[str]:
+    """The producing layer's name per output (``name_1``... when one layer gives several)."""
+    names: list[str] = []
+    try:
+        outputs = list(model.outputs or [])
+    except (AttributeError, ValueError):  # subclassed: tf2onnx's own output names stay
+        return []
+    for k, tensor in enumerate(outputs):
+        history = getattr(tensor, "_keras_history", None)
+        layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+        base = re.sub(r"[^A-Za-z0-9_.\-/]", "_", str(getattr(layer, "name", f"output_{k}")))
+        name, index = base, 0
+        while name in names:
+            index += 1
+            name = f"{base}_{index}"
+        names.append(name)
+    return names
+
+
+def call_arguments(model: Any, values: list[Any]) -> Any:
+    """The model's inputs in its own structure: one value, a list, or a dict (whose flat order is sorted keys)."""
+    structure = getattr(model, "_inputs_struct", None)  # Keras 3 (a single KerasTensor has no truth value)
+    if structure is None:
+        structure = getattr(model, "_nested_inputs", None)  # tf-keras
+    if isinstance(structure, dict) and len(structure) == len(values):
+        return dict(zip(sorted(structure), values, strict=True))
+    return values[0] if len(values) == 1 else values
 
 
 def _to_tensor(flavour: str) -> Callable[[np.ndarray], Any]:
@@ -142,41 +178,103 @@ def _to_tensor(flavour: str) -> Callable[[np.ndarray], Any]:
     return lambda array: array
 
 
-def build(model: Any, spec: InputSpec, *, opset: int, flavour: str) -> tuple[onnx.ModelProto, GraphBuilder]:
-    layers = layer_chain(model)
-    builder = GraphBuilder(to_tensor=_to_tensor(flavour))
-    builder.fresh(spec.name)
-    current = spec.name
-    for layer in layers:
-        current = emit(builder, layer, current)
-    output = builder.fresh(layers[-1].name if layers else "output")
-    builder.nodes.append(helper.make_node("Identity", [current], [output], name=builder.fresh(f"{output}/out")))
-    graph = helper.make_graph(builder.nodes, str(model.name), [_value_info(spec.name, spec.shape, spec.dtype)],
-                              [_value_info(output, _shape(model.outputs[0]), "float32")],
-                              initializer=builder.initializers)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
-                              producer_name="modelbridge.converters.keras")
-    onnx.checker.check_model(proto)
-    return proto, builder
+@contextmanager
+def _quiet_shapes() -> Iterator[None]:
+    """tf2onnx warns that it cannot infer shapes through the placeholders; the fused nodes replace them."""
+    loggers = [logging.getLogger(name) for name in ("tf2onnx.shape_inference", "tf2onnx.graph")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
-def _via_tf2onnx(model: Any, spec: InputSpec, *, opset: int) -> onnx.ModelProto:
+def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> tuple[onnx.ModelProto,
+                                                                                      list[RecurrentSite]]:
+    """The ONNX graph of ``model`` with one fused node per recurrent layer call (not yet annotated)."""
     import tensorflow as tf
     import tf2onnx
 
-    signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name)]
-    function = tf.function(lambda x: model(x, training=False), input_signature=signature)
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
+    sites: list[RecurrentSite] = []
+
+    def run(*tensors: Any) -> list[Any]:
+        outputs = model(call_arguments(model, list(tensors)), training=False)
+        return list(tf.nest.flatten(outputs))
+
+    with placeholders(model, sites, to_tensor=_to_tensor(flavour), as_list=flavour == "tf-keras"), _quiet_shapes():
+        function = tf.function(run, input_signature=signature)
+        try:
+            # Traced once here (from_function reuses the trace): a GraphDef drops the placeholders' static
+            # shapes, which the ops after them need (a Concat's rank, a broadcast), so hand them back.
+            concrete = function.get_concrete_function()
+            graph = concrete.graph
+            output_shapes = [out.shape.as_list() if out.shape.rank is not None else [] for out in concrete.outputs]
+            shapes = {out.name: out.shape.as_list() for op in graph.get_operations()
+                      if op.name.rsplit("/", 1)[-1].startswith(MARKER_PREFIX) for out in op.outputs}
+            proto, _ = tf2onnx.convert.from_function(
+                function, input_signature=signature, opset=opset, shape_override=shapes,
+                custom_op_handlers={op: (marker_handler, ["Recurrent", sites]) for op in ("PyFunc", "EagerPyFunc")},
+                extra_opset=[onnx.helper.make_opsetid(MARKER_DOMAIN, 1)])
+        except UnsupportedSourceError:
+            raise
+        except Exception as exc:  # tf2onnx's own failures name the TF op it could not convert
+            raise UnsupportedLayerError(f"tf2onnx cannot convert Keras model {model.name!r}: "
+                                        f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+    replace_placeholders(proto, sites)
     rewrite_prelu(proto)  # Keras 3's PReLU arrives as Relu/Neg/Mul/Add
-    left = sorted({node.op_type for node in proto.graph.node} & {"Loop", "Scan"})
+    left = loops_left(proto)
     if left:
-        raise UnsupportedLayerError(f"Keras model {model.name!r} converted with {', '.join(left)} nodes left")
-    return proto
+        raise UnsupportedLayerError(f"Keras model {model.name!r} converted with {', '.join(left)} nodes left (a "
+                                    "layer computes a loop that is not one of the recurrent layers we fuse)")
+    name_outputs(proto, output_names(model), output_shapes)
+    proto.ir_version = IR_VERSION
+    proto.producer_name = "modelbridge.converters.keras (tf2onnx " + tf2onnx.__version__ + ")"
+    onnx.checker.check_model(proto)
+    return proto, sites
 
 
-def run_keras(model: Any, x: np.ndarray) -> np.ndarray:
-    out = model(x, training=False)
-    return np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+def parity_feeds(model: Any, specs: list[InputSpec], *, seed: int = 0, dynamic: int = 3) -> dict[str, np.ndarray]:
+    """Random feeds: token ids stay below every Embedding's vocabulary (0, the padding id, included), and
+    boolean masks keep at least one real step per sequence (with a non-zero initial state, Keras keeps it
+    through an empty sequence where ONNX, given sequence_lens 0, returns zeros)."""
+    feeds = parity_check.random_feeds(specs, seed=seed, dynamic=dynamic)
+    vocabularies = [int(layer.input_dim) for layer in _all_layers(model) if type(layer).__name__ == "Embedding"]
+    for name, array in feeds.items():
+        if np.issubdtype(array.dtype, np.integer) and vocabularies:
+            feeds[name] = (array % min(vocabularies)).astype(array.dtype)
+        elif array.dtype == np.bool_ and array.ndim == 2:
+            array[:, 0] |= ~array.any(axis=1)
+    return feeds
+
+
+def _all_layers(model: Any) -> list[Any]:
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(_all_layers(layer))
+    return found
+
+
+def run_keras(model: Any, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> list[np.ndarray]:
+    """The model's outputs on ``feeds``, flattened as the traced function flattened them."""
+    import tensorflow as tf
+
+    outputs = model(call_arguments(model, [feeds[spec.name] for spec in specs]), training=False)
+    return [np.asarray(out.numpy() if hasattr(out, "numpy") else out) for out in tf.nest.flatten(outputs)]
+
+
+def annotate(proto: onnx.ModelProto, sites: list[RecurrentSite], flavour: str) -> list[dict[str, Any]]:
+    nodes = {node.name: node for node in proto.graph.node}
+    return [
+        annotate_recurrent_node(proto, nodes[cell.node_name], framework=flavour, layer=site.layer,
+                                variables=cell.variables, source_gate_order=cell.source_gate_order,
+                                gate_map=cell.gate_map, folded=site.folded, notes=cell.notes)
+        for site in sites for cell in site.cells
+    ]
 
 
 def convert(
@@ -191,29 +289,16 @@ def convert(
     say = progress or (lambda _stage: None)
     say("loading")
     model, flavour = load(source)
-    spec = input_spec(model, inputs)
-    say("converting")
-    try:
-        proto, builder = build(model, spec, opset=opset, flavour=flavour)
-    except UnsupportedLayerError:
-        recurrent = [layer.name for layer in _all_layers(model) if type(layer).__name__ in RECURRENT_LAYERS]
-        if recurrent:
-            raise  # tf2onnx would leave these as Loop: refuse, naming the layer
-        say("converting (tf2onnx from_function)")
-        proto, builder = _via_tf2onnx(model, spec, opset=opset), GraphBuilder()
-    nodes = {node.name: node for node in proto.graph.node}
-    annotations = [
-        annotate_recurrent_node(proto, nodes[record.node_name], framework=flavour, layer=record.layer,
-                                variables=record.variables, source_gate_order=record.source_gate_order,
-                                gate_map=record.gate_map, notes=record.notes)
-        for record in builder.recurrent
-    ]
+    specs = input_specs(model, inputs)
+    layers = recurrent_layers(model)
+    say(f"converting (tf2onnx, {len(layers)} recurrent layer(s) fused by modelbridge)")
+    proto, sites = export(model, specs, flavour=flavour, opset=opset)
+    annotations = annotate(proto, sites, flavour)
     say("verifying")
-    feeds = parity_check.random_feeds([spec], seed=0, dynamic=3)
-    expected = run_keras(model, feeds[spec.name])
-    report = parity_check.check(proto, feeds, [expected], atol=atol, origin="random")
+    feeds = parity_feeds(model, specs)
+    report = parity_check.check(proto, feeds, run_keras(model, feeds, specs), atol=atol, origin="random")
     module = importlib.import_module("tf_keras" if flavour == "tf-keras" else "keras")
     parity_check.set_metadata(proto.metadata_props, SOURCE_KEY, json.dumps({
         "framework": flavour, "version": module.__version__,
-        "exporter": "modelbridge keras layer builder" if builder.nodes else "tf2onnx from_function"}))
+        "exporter": "tf2onnx from_function, recurrent layers fused by modelbridge"}))
     return ConversionResult(proto, report, annotations)

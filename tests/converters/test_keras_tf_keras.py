@@ -62,3 +62,24 @@ def test_tf_keras_gates_match_the_weights(model: Any) -> None:
     np.testing.assert_array_equal(reverse["z"]["W"], backward.kernel.numpy()[:, 0:3].T)
     np.testing.assert_array_equal(reverse["h"]["Wb"], backward.bias.numpy()[6:9])
     assert split[1]["source"]["variables"]["reverse.kernel"] == "bigru/backward_gru/gru_cell/kernel"
+
+
+def test_tf_keras_h5_seq2seq_with_masks_converts_from_the_file(tmp_path: Path) -> None:
+    """Two masked inputs, encoder states into the decoder's initial_state, saved as HDF5 and loaded back."""
+    from converters import convert
+
+    tf_keras.utils.set_random_seed(0)
+    source = tf_keras.Input((None,), dtype="int32", name="source")
+    target = tf_keras.Input((None,), dtype="int32", name="target")
+    _, h, c = tf_keras.layers.LSTM(5, return_state=True, name="encoder")(
+        tf_keras.layers.Embedding(10, 3, mask_zero=True)(source))
+    decoded = tf_keras.layers.LSTM(5, return_sequences=True, name="decoder")(
+        tf_keras.layers.Embedding(10, 3, mask_zero=True)(target), initial_state=[h, c])
+    model = tf_keras.Model([source, target], tf_keras.layers.Dense(10, activation="softmax", name="next")(decoded))
+    path = tmp_path / "seq2seq.h5"
+    model.save(path)
+    result = convert(path)
+    assert [op for op in result.op_types() if op in ("LSTM", "GRU", "RNN")] == ["LSTM", "LSTM"]
+    assert [entry["source"]["layer"] for entry in result.annotations] == ["encoder", "decoder"]
+    assert all("sequence_lens" in entry["source"]["folded"] for entry in result.annotations)
+    assert result.parity.passed
