@@ -61,7 +61,8 @@ def test_tf_keras_gates_match_the_weights(model: Any) -> None:
     reverse = split[1]["directions"][1]["gates"]
     np.testing.assert_array_equal(reverse["z"]["W"], backward.kernel.numpy()[:, 0:3].T)
     np.testing.assert_array_equal(reverse["h"]["Wb"], backward.bias.numpy()[6:9])
-    assert split[1]["source"]["variables"]["reverse.kernel"] == "bigru/backward_gru/gru_cell/kernel"
+    # tf-keras numbers layer names per session (backward_gru_4 after other GRUs): compare with the variable's own.
+    assert split[1]["source"]["variables"]["reverse.kernel"] == backward.kernel.name.removesuffix(":0")
 
 
 def test_tf_keras_h5_seq2seq_with_masks_converts_from_the_file(tmp_path: Path) -> None:
