@@ -24,6 +24,8 @@ import torch
 
 from converters import DEFAULT_OPSET, parity
 from converters.parity import ParityReport
+from converters.pytorch_cells import cell_calls, refuse_stepped_cells
+from converters.pytorch_feeds import DEFAULT_INT_HIGH, PROOF_PLANS, TRACE_PLAN, FeedPlan, first_accepted
 from converters.pytorch_layers import (
     FRAMEWORK,
     TORCH_GATES,
@@ -34,6 +36,7 @@ from converters.pytorch_layers import (
     expected_weights,
     recurrent_layers,
 )
+from converters.pytorch_packed import trim_to_longest
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 
@@ -148,20 +151,53 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], specs: Sequence[Input
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _int_high(model: Any) -> int:
+    """Token ids must index every nn.Embedding: stay below the smallest vocabulary."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return DEFAULT_INT_HIGH
+    sizes = [int(module.weight.shape[0]) for _, module in model.named_modules()
+             if isinstance(module, torch.nn.Embedding) or getattr(module, "original_name", "") == "Embedding"]
+    return max(1, min([DEFAULT_INT_HIGH, *sizes]))
+
+
+def _plans(specs: Sequence[InputSpec]) -> tuple[FeedPlan, ...]:
+    if any(dim is None for spec in specs for dim in spec.shape):
+        return tuple(FeedPlan(*plan) for plan in PROOF_PLANS)
+    data = next((spec.concrete_shape() for spec in specs if len(spec.shape) >= 2), (1, 1))
+    return (FeedPlan(data[0], data[1], True),)
+
+
 def _prove(model: onnx.ModelProto, source: Any, specs: Sequence[InputSpec], *, atol: float) -> ParityReport:
-    """Parity at two sizes of every dynamic dimension (other than the traced one), merged into one report."""
-    sizes = (2, 5) if any(dim is None for spec in specs for dim in spec.shape) else (2,)
+    """Parity at several batch sizes and lengths (and padded lengths), merged into one report."""
     reports = []
-    for seed, size in enumerate(sizes, start=1):
-        feeds = parity.random_feeds(specs, seed=seed, dynamic=size)
-        reports.append(parity.check(model, feeds, _run_torch(source, feeds), atol=atol,
-                                    origin=f"random normal, seed {seed}, dynamic dims = {size}"))
+    for seed, plan in enumerate(_plans(specs), start=1):
+        feeds, expected = first_accepted(specs, plan, lambda feeds: _run_torch(source, feeds), seed=seed,
+                                         int_high=_int_high(source))
+        reports.append(parity.check(model, feeds, expected, atol=atol,  # type: ignore[arg-type]
+                                    origin=f"random, seed {seed}, {plan.describe()}"))
     merged = ParityReport(
         outputs=[max(group, key=lambda out: out.max_abs) for group in zip(*(r.outputs for r in reports), strict=True)],
         atol=atol, passed=True, inputs=[item for r in reports for item in r.inputs], runtime=reports[0].runtime,
     )
     parity.store(model, merged)
     return merged
+
+
+def _finish(onnx_model: onnx.ModelProto, model: Any, specs: Sequence[InputSpec], layers: list[RecurrentLayer],
+            params: dict[str, np.ndarray], *, atol: float, say: Progress) -> tuple[onnx.ModelProto, ParityReport, list[dict[str, Any]]]:
+    """Annotate and prove the exported model; a packed-sequence model is tried trimmed first, then as is."""
+    trimmed = trim_to_longest(onnx_model)
+    candidates = [trimmed, onnx_model] if trimmed is not None else [onnx_model]
+    for index, candidate in enumerate(candidates):
+        try:
+            say(f"converting: annotating {len(layers)} recurrent layer(s)")
+            entries = annotate(candidate, layers, params)
+            say("verifying: parity against PyTorch")
+            return candidate, _prove(candidate, model, specs, atol=atol), entries
+        except parity.ParityError:
+            if index == len(candidates) - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def convert(
@@ -191,11 +227,14 @@ def convert(
     layers = recurrent_layers(params)
     if example_inputs is not None:
         args = tuple(example_inputs)
-    elif is_program:
-        args = tuple(model.example_inputs[0]) if model.example_inputs else ()
+    elif is_program and model.example_inputs:
+        args = tuple(model.example_inputs[0])
     else:
-        args = tuple(torch.from_numpy(v) for v in parity.random_feeds(specs, seed=0, dynamic=3).values())
-    first = _run_torch(model, {spec.name: np.asarray(arg) for spec, arg in zip(specs, args, strict=True)})
+        feeds, _ = _trace_feeds(model, specs)
+        args = tuple(torch.from_numpy(value) for value in feeds.values())
+    with cell_calls(model) as calls:
+        first = _run_torch(model, {spec.name: np.asarray(arg) for spec, arg in zip(specs, args, strict=True)})
+    refuse_stepped_cells(calls)
     outputs = ["output"] if len(first) == 1 else [f"output_{index}" for index in range(len(first))]
 
     attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
@@ -206,14 +245,11 @@ def convert(
         say(f"tracing with the {name} exporter")
         try:
             exporter_fn = _export_dynamo if name == "dynamo" else _export_torchscript
-            onnx_model = exporter_fn(model, args, specs, outputs, opset)
-            actual_opset = next(op.version for op in onnx_model.opset_import if op.domain in ("", "ai.onnx"))
+            exported = exporter_fn(model, args, specs, outputs, opset)
+            actual_opset = next(op.version for op in exported.opset_import if op.domain in ("", "ai.onnx"))
             if actual_opset != opset:
                 raise ExportCheckError(f"it produced opset {actual_opset} instead of {opset}")
-            say(f"converting: annotating {len(layers)} recurrent layer(s)")
-            entries = annotate(onnx_model, layers, params)
-            say("verifying: parity against PyTorch")
-            report = _prove(onnx_model, model, specs, atol=atol)
+            onnx_model, report, entries = _finish(exported, model, specs, layers, params, atol=atol, say=say)
         except Exception as exc:  # every failure is recorded: in the error, or in the kept model's metadata
             failures.append(f"{name} exporter: {type(exc).__name__}: {exc}")
             if name == attempts[-1]:
@@ -224,6 +260,19 @@ def convert(
         }))
         return ConversionResult(model=onnx_model, parity=report, annotations=entries)
     raise AssertionError("unreachable")
+
+
+def _trace_feeds(model: Any, specs: Sequence[InputSpec]) -> tuple[dict[str, np.ndarray], object]:
+    try:
+        dynamic = any(dim is None for spec in specs for dim in spec.shape)
+        plan = FeedPlan(*TRACE_PLAN) if dynamic else _plans(specs)[0]
+        return first_accepted(specs, plan, lambda feeds: _run_torch(model, feeds), seed=0, int_high=_int_high(model))
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"the model does not run on inputs {', '.join(map(str, specs))}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _default_specs(model: Any, example_inputs: Sequence[Any] | None) -> list[InputSpec]:

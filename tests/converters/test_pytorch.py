@@ -22,7 +22,7 @@ from converters.pytorch import convert as convert_torch
 from converters.reference import intermediates, run_reference
 from converters.result import ConversionResult
 from converters.specs import InputSpec
-from tests.converters.torch_models import FeedForward, LstmWithState, Sequence, recurrent_variants
+from tests.converters.torch_models import CellLoop, FeedForward, LstmWithState, Sequence, recurrent_variants
 
 VARIANTS = recurrent_variants()
 FUSED = {"LSTM", "GRU", "RNN"}
@@ -52,7 +52,7 @@ def test_recurrent_layers_come_out_fused_and_proven(name: str, converted: dict) 
         if node.op_type in FUSED:
             assert {attr.name: attr.i for attr in node.attribute}.get("layout", 0) == 0
     assert result.parity.passed and max(out.max_abs for out in result.parity.outputs) < 1e-5
-    assert [item["shape"][:2] for item in result.parity.inputs] in ([[2, 2], [5, 5]],)  # two dynamic sizes
+    assert [item["shape"][:2] for item in result.parity.inputs] == [[2, 5], [5, 3], [1, 4]]  # batch != time
     assert len(result.annotations) == layers == len(read_annotations(result.model))
     for entry in read_annotations(result.model):
         validate(entry)
@@ -227,3 +227,10 @@ def test_scripted_torchscript_file(tmp_path) -> None:
     assert ops.count("LSTM") == 2 and not {"Loop", "Scan", "If"} & set(ops) and result.parity.passed
     assert [entry["source"]["variables"]["forward.W"] for entry in result.annotations] == [
         "rnn.weight_ih_l0", "rnn.weight_ih_l1"]
+
+
+@pytest.mark.parametrize("cell", [nn.LSTMCell(3, 4), nn.GRUCell(3, 4)], ids=["lstm", "gru"])
+def test_cell_stepped_in_a_python_loop_is_refused_naming_it(cell: nn.Module) -> None:
+    kind = type(cell).__name__
+    with pytest.raises(UnsupportedModelError, match=rf"model\.cell \(nn\.{kind}\) is stepped 4 times in a Python loop"):
+        convert(CellLoop(cell, 4), inputs=[InputSpec("x", (None, None, 3))])

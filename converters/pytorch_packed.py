@@ -1,0 +1,52 @@
+"""Packed sequences: ``pad_packed_sequence`` pads only to the longest length in the batch.
+
+The TorchScript exporter writes ``pack_padded_sequence`` -> nn.LSTM -> ``pad_packed_sequence`` as a
+fused node fed ``sequence_lens``, whose Y is as long as the padded input; PyTorch's output is as long
+as the longest sequence.  ``trim_to_longest`` slices each such Y to ``max(sequence_lens)`` steps (the
+ONNX op already writes zeros past each sequence's end, as PyTorch does).  The converter keeps the
+trimmed model only when parity says so (``total_length=`` keeps the full length).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from converters.annotations import GATE_ORDERS
+
+
+def packed_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node
+            if node.op_type in GATE_ORDERS and len(node.input) > 4 and node.input[4] and node.output[0]]
+
+
+def trim_to_longest(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy whose fused nodes' Y stop at the longest sequence; None when no node reads sequence_lens."""
+    if not packed_nodes(model):
+        return None
+    trimmed = onnx.ModelProto()
+    trimmed.CopyFrom(model)
+    graph = trimmed.graph
+    for index, node in enumerate(graph.node):  # names key the nodes below
+        node.name = node.name or f"{node.op_type}_packed_{index}"
+    zero = f"{graph.name}_trim_zero"
+    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), zero))
+    targets = {node.name for node in packed_nodes(trimmed)}
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type not in GATE_ORDERS or node.name not in targets or len(node.input) < 5 or not node.input[4]:
+            continue
+        name = node.name
+        full, longest, longest64 = f"{name}_Y_untrimmed", f"{name}_longest", f"{name}_longest64"
+        y = node.output[0]
+        node.output[0] = full
+        nodes += [
+            helper.make_node("Cast", [node.input[4]], [longest64], to=onnx.TensorProto.INT64, name=f"{name}_lens64"),
+            helper.make_node("ReduceMax", [longest64], [longest], keepdims=1, name=f"{name}_longest"),
+            helper.make_node("Slice", [full, zero, longest, zero], [y], name=f"{name}_trim"),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return trimmed
