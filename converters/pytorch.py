@@ -10,9 +10,11 @@ the same way.  Each fused node is matched, by value, to the PyTorch parameters t
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
+import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,26 +51,68 @@ __all__ = [
 ]
 
 
-def load(path: str | Path) -> Any:
-    """A TorchScript module (.pt), an ExportedProgram (.pt2) or a pickled nn.Module."""
+SAVE_INSTEAD = (
+    "save instead one of: an ExportedProgram (torch.export.save(torch.export.export(model, example_inputs), "
+    "'model.pt2')), TorchScript (torch.jit.save(torch.jit.trace(model, example_inputs), 'model.pt')), or the "
+    "state_dict with the model's code, converted through the Python API (converters.convert(model, ...))"
+)
+
+
+def load(path: str | Path, *, trust_pickle: bool = False) -> Any:
+    """A TorchScript module (.pt), an ExportedProgram (.pt2), or — only when trusted — a pickled nn.Module.
+
+    ``torch.save(model)`` pickles the module: unpickling it imports and runs code named in the file, so
+    it is loaded only with ``trust_pickle`` (and the model's classes importable); otherwise refused with
+    what to save instead.
+    """
     source = Path(path)
     if not source.exists():
         raise UnsupportedModelError(f"{str(source)!r} does not exist")
     if source.suffix == ".pt2":
-        return torch.export.load(str(source))
+        try:
+            return torch.export.load(str(source))
+        except Exception as exc:
+            raise UnsupportedModelError(f"{source.name} is not a torch.export archive: {exc}") from exc
     try:
         return torch.jit.load(str(source), map_location="cpu")
     except RuntimeError:
         pass
-    loaded = torch.load(str(source), map_location="cpu", weights_only=False)
+    try:
+        loaded = torch.load(str(source), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsupportedModelError(_pickled_refusal(source)) from exc
+        try:
+            loaded = torch.load(str(source), map_location="cpu", weights_only=False)
+        except (AttributeError, ModuleNotFoundError) as missing:
+            raise UnsupportedModelError(
+                f"{source.name} is a pickled model whose class cannot be imported here ({missing}); {SAVE_INSTEAD}"
+            ) from missing
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{source.name} is neither TorchScript, an ExportedProgram nor a torch.save file ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(loaded, torch.nn.Module):
         return loaded
     if isinstance(loaded, dict):
         raise UnsupportedModelError(
-            f"{source.name} holds a state_dict (weights without the architecture); save the model with "
-            "torch.jit.save (TorchScript) or torch.export.save (.pt2), or pass the nn.Module to the Python API"
+            f"{source.name} holds a state_dict (weights without the architecture); {SAVE_INSTEAD}"
         )
     raise UnsupportedModelError(f"{source.name} holds a {type(loaded).__qualname__}, not a PyTorch model")
+
+
+def _pickled_refusal(source: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(source))
+    except Exception:  # noqa: BLE001 - the list only makes the message more precise
+        names = []
+    classes = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+    return (
+        f"{source.name} is a whole pickled model{classes}, as torch.save(model) writes it. Loading it would run "
+        "code named inside the file (unsafe for a file you did not write; torch.load(weights_only=True) refuses "
+        "it) and needs the model's classes importable. If you trust the file, pass --trust-pickle (Python API: "
+        f"trust_pickle=True); otherwise {SAVE_INSTEAD}"
+    )
 
 
 def parameters_of(model: Any) -> dict[str, np.ndarray]:
@@ -209,13 +253,17 @@ def convert(
     atol: float = parity.DEFAULT_ATOL,
     progress: Progress | None = None,
     exporter: str = "auto",
+    trust_pickle: bool = False,
 ) -> ConversionResult:
-    """Convert an nn.Module, ScriptModule, ExportedProgram or a path to one of them."""
+    """Convert an nn.Module, ScriptModule, ExportedProgram or a path to one of them.
+
+    ``trust_pickle`` lets a file written by ``torch.save(model)`` be unpickled (see load).
+    """
     say = progress or (lambda message: None)
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     say("loading")
-    model = load(source) if isinstance(source, (str, Path)) else source
+    model = load(source, trust_pickle=trust_pickle) if isinstance(source, (str, Path)) else source
     is_program = isinstance(model, torch.export.ExportedProgram)
     is_script = isinstance(model, torch.jit.ScriptModule)
     if not is_program and not isinstance(model, torch.nn.Module):
@@ -223,6 +271,8 @@ def convert(
     if not is_program:
         model.eval()
     specs = list(inputs) if inputs else _default_specs(model, example_inputs)
+    if inputs:
+        _check_inputs(model, specs, strict_names=isinstance(source, (str, Path)))
     params = parameters_of(model)
     layers = recurrent_layers(params)
     if example_inputs is not None:
@@ -262,6 +312,52 @@ def convert(
     raise AssertionError("unreachable")
 
 
+def _forward_arguments(model: Any) -> tuple[list[str], int]:
+    """The names forward takes (without self) and how many of them are required."""
+    if isinstance(model, torch.jit.ScriptModule):
+        arguments = list(model.forward.schema.arguments)[1:]  # type: ignore[attr-defined]
+        return [arg.name for arg in arguments], sum(1 for arg in arguments if not arg.has_default_value())
+    parameters = [param for param in inspect.signature(model.forward).parameters.values()
+                  if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)]
+    if any(param.kind == param.VAR_POSITIONAL for param in inspect.signature(model.forward).parameters.values()):
+        return [param.name for param in parameters] + ["*args"], len(parameters)
+    return [param.name for param in parameters], sum(1 for param in parameters if param.default is param.empty)
+
+
+def _check_inputs(model: Any, specs: Sequence[InputSpec], *, strict_names: bool) -> None:
+    """Inputs the model cannot take are refused naming what it expects (names are checked for files)."""
+    given = ", ".join(map(str, specs))
+    if isinstance(model, torch.export.ExportedProgram):
+        expected = _specs_from_program(model)
+        wanted = ", ".join(map(str, expected))
+        problems = []
+        if [spec.name for spec in specs] != [spec.name for spec in expected]:
+            problems.append("names differ")
+        for got, want in zip(specs, expected, strict=False):
+            if len(got.shape) != len(want.shape) or any(
+                    w is not None and g is not None and g != w for g, w in zip(got.shape, want.shape, strict=False)):
+                problems.append(f"{got.name} has shape {got}, expected {want}")
+            elif np.dtype(got.dtype) != np.dtype(want.dtype):
+                problems.append(f"{got.name} is {got.dtype}, expected {want.dtype}")
+        if problems or len(specs) != len(expected):
+            raise UnsupportedModelError(
+                f"the ExportedProgram takes inputs {wanted} (-1 = dynamic); --input gave {given}"
+                f"{': ' + '; '.join(problems) if problems else ''}")
+        return
+    names, required = _forward_arguments(model)
+    variadic = names[-1:] == ["*args"]
+    signature = f"forward({', '.join(names)})"
+    if len(specs) < required or (len(specs) > len(names) and not variadic):
+        raise UnsupportedModelError(f"the model's {signature} takes {required}"
+                                    f"{'' if required == len(names) else f' to {len(names)}'} input(s); "
+                                    f"--input gave {len(specs)}: {given}")
+    wrong = [spec.name for spec, name in zip(specs, names, strict=False) if name != "*args" and spec.name != name]
+    if strict_names and wrong:
+        raise UnsupportedModelError(
+            f"the model's {signature} has no input named {', '.join(map(repr, wrong))}; "
+            f"name the --input after forward's arguments, in order: {', '.join(names)}")
+
+
 def _trace_feeds(model: Any, specs: Sequence[InputSpec]) -> tuple[dict[str, np.ndarray], object]:
     try:
         dynamic = any(dim is None for spec in specs for dim in spec.shape)
@@ -271,7 +367,9 @@ def _trace_feeds(model: Any, specs: Sequence[InputSpec]) -> tuple[dict[str, np.n
         raise
     except Exception as exc:
         raise UnsupportedModelError(
-            f"the model does not run on inputs {', '.join(map(str, specs))}: {type(exc).__name__}: {exc}"
+            f"the model does not run on inputs {', '.join(map(str, specs))} (-1 = dynamic; its "
+            f"forward({', '.join(_forward_arguments(model)[0]) if not isinstance(model, torch.export.ExportedProgram) else '...'})): "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         ) from exc
 
 

@@ -166,7 +166,7 @@ def test_projection_is_refused_naming_the_layer() -> None:
 
 def test_unsupported_sources_are_named(tmp_path) -> None:
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(UnsupportedModelError, match="state_dict"):
+    with pytest.raises(UnsupportedModelError, match="holds a state_dict .* save instead one of"):
         convert(tmp_path / "weights.pt", inputs=[InputSpec("x", (1, 2))])
     with pytest.raises(UnsupportedModelError, match="nn.Module does not say its inputs"):
         convert(nn.Linear(2, 2))
@@ -190,11 +190,15 @@ def test_default_conversion_of_bidirectional_gru_runs_at_any_length() -> None:
                                    model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
 
 
-def test_pickled_module_file(tmp_path) -> None:
+def test_pickled_module_file_is_refused_unless_trusted(tmp_path) -> None:
     torch.manual_seed(7)
     model = Sequence(nn.RNN(3, 4, batch_first=True), 4)
     torch.save(model, tmp_path / "rnn.pth")
-    result = convert_torch(tmp_path / "rnn.pth", inputs=[InputSpec("x", (None, None, 3))], exporter="torchscript")
+    spec = [InputSpec("x", (None, None, 3))]
+    with pytest.raises(UnsupportedModelError, match=r"whole pickled model .*tests\.converters\.torch_models\.Sequence.*"
+                       r"torch\.export\.save"):
+        convert_torch(tmp_path / "rnn.pth", inputs=spec)
+    result = convert_torch(tmp_path / "rnn.pth", inputs=spec, exporter="torchscript", trust_pickle=True)
     assert _ops(result).count("RNN") == 1 and result.parity.passed
 
 
