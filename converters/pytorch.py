@@ -26,8 +26,9 @@ import torch
 
 from converters import DEFAULT_OPSET, parity
 from converters.parity import ParityReport
-from converters.pytorch_cells import cell_calls, refuse_stepped_cells
+from converters.pytorch_cells import cell_calls, refusal, stepped
 from converters.pytorch_feeds import DEFAULT_INT_HIGH, PROOF_PLANS, TRACE_PLAN, FeedPlan, first_accepted
+from converters.pytorch_fuse import CellFusionError, cell_layer, fuse_cell_loop
 from converters.pytorch_layers import (
     FRAMEWORK,
     TORCH_GATES,
@@ -282,20 +283,32 @@ def convert(
     else:
         feeds, _ = _trace_feeds(model, specs)
         args = tuple(torch.from_numpy(value) for value in feeds.values())
+    trace_feeds = {spec.name: np.asarray(arg) for spec, arg in zip(specs, args, strict=True)}
     with cell_calls(model) as calls:
-        first = _run_torch(model, {spec.name: np.asarray(arg) for spec, arg in zip(specs, args, strict=True)})
-    refuse_stepped_cells(calls)
+        first = _run_torch(model, trace_feeds)
+    loops = stepped(calls)
+    layers += [cell_layer(record) for record in loops]
     outputs = ["output"] if len(first) == 1 else [f"output_{index}" for index in range(len(first))]
 
     attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     if is_script and exporter == "auto":
         attempts = ["torchscript"]  # torch.export cannot trace a ScriptModule
-    failures = []
+    elif loops and exporter == "auto":
+        attempts = ["torchscript", "dynamo"]  # torch.export specializes a loop's range(x.size(1)) to the traced length
+    failures: list[str] = []
+    refusals: list[UnsupportedModelError] = []  # a cell loop that is not a clean chain, per exporter
     for name in attempts:
         say(f"tracing with the {name} exporter")
         try:
             exporter_fn = _export_dynamo if name == "dynamo" else _export_torchscript
             exported = exporter_fn(model, args, specs, outputs, opset)
+            for record in loops:
+                say(f"converting: fusing the loop over {record.label}")
+                try:
+                    exported = fuse_cell_loop(exported, record, trace_feeds, params)
+                except CellFusionError as exc:
+                    refusals.append(UnsupportedModelError(refusal(record, str(exc))))
+                    raise refusals[-1] from exc
             actual_opset = next(op.version for op in exported.opset_import if op.domain in ("", "ai.onnx"))
             if actual_opset != opset:
                 raise ExportCheckError(f"it produced opset {actual_opset} instead of {opset}")
@@ -303,6 +316,12 @@ def convert(
         except Exception as exc:  # every failure is recorded: in the error, or in the kept model's metadata
             failures.append(f"{name} exporter: {type(exc).__name__}: {exc}")
             if name == attempts[-1]:
+                if refusals:
+                    raise refusals[0] from exc
+                if loops:  # fused, but not proven
+                    raise UnsupportedModelError(refusal(
+                        loops[0], "fused, it does not match PyTorch at other lengths, as when the loop runs a fixed "
+                        f"number of steps ({'; '.join(failures)})")) from exc
                 raise UnsupportedModelError("; ".join(failures)) from exc
             continue
         parity.set_metadata(onnx_model.metadata_props, SOURCE_KEY, json.dumps({

@@ -16,8 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from converters.pytorch_layers import UnsupportedModelError
-
 CELL_TYPES: dict[type[nn.Module], str] = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU", nn.RNNCell: "RNN"}
 
 
@@ -89,7 +87,3 @@ def refusal(record: CellCalls, reason: str = "") -> str:
         f"weight_hh_l0, bias_ih_l0, bias_hh_l0 are the cell's weight_ih, weight_hh, bias_ih, bias_hh)"
     )
 
-
-def refuse_stepped_cells(calls: dict[str, CellCalls]) -> None:
-    for record in stepped(calls):
-        raise UnsupportedModelError(refusal(record))

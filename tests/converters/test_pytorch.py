@@ -233,8 +233,55 @@ def test_scripted_torchscript_file(tmp_path) -> None:
         "rnn.weight_ih_l0", "rnn.weight_ih_l1"]
 
 
-@pytest.mark.parametrize("cell", [nn.LSTMCell(3, 4), nn.GRUCell(3, 4)], ids=["lstm", "gru"])
-def test_cell_stepped_in_a_python_loop_is_refused_naming_it(cell: nn.Module) -> None:
-    kind = type(cell).__name__
-    with pytest.raises(UnsupportedModelError, match=rf"model\.cell \(nn\.{kind}\) is stepped 4 times in a Python loop"):
-        convert(CellLoop(cell, 4), inputs=[InputSpec("x", (None, None, 3))])
+@pytest.mark.parametrize("cell", [nn.LSTMCell(3, 4), nn.GRUCell(3, 4), nn.RNNCell(3, 4, nonlinearity="relu")],
+                         ids=["lstm", "gru", "rnn-relu"])
+def test_cell_stepped_in_a_python_loop_becomes_one_fused_node(cell: nn.Module) -> None:
+    torch.manual_seed(11)
+    model = CellLoop(cell, 4).eval()
+    result = convert(model, inputs=[InputSpec("x", (None, None, 3))])
+    op = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell": "RNN"}[type(cell).__name__]
+    ops = _ops(result)
+    assert ops.count(op) == 1 and not {"Gemm", "MatMul", "Loop", "Scan"} & set(ops)  # no step left unrolled
+    (entry,) = result.annotations
+    assert entry["source"]["layer"] == "cell" and entry["source"]["variables"]["forward.R"] == "cell.weight_hh"
+    rng = np.random.default_rng(0)
+    for length in (1, 4, 9):  # the loop ran over x.size(1): any length, not only the traced 4
+        x = rng.normal(size=(2, length, 3)).astype(np.float32)
+        got = run_onnx(result.model, {"x": x})
+        want = [tensor.detach().numpy() for tensor in model(torch.from_numpy(x))]
+        for value, expected in zip(got.values(), want, strict=True):
+            np.testing.assert_allclose(value, expected, atol=1e-5)
+
+
+class _PerStepHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.out = nn.GRUCell(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, outputs = torch.zeros(x.size(0), 4), []
+        for t in range(x.size(1)):
+            h = self.cell(x[:, t], h)
+            outputs.append(self.out(h))
+        return torch.stack(outputs, 1)
+
+
+class _FixedSteps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = (torch.zeros(x.size(0), 4), torch.zeros(x.size(0), 4))
+        for t in range(4):
+            state = self.cell(x[:, t], state)
+        return state[0]
+
+
+@pytest.mark.parametrize(("model", "reason"), [
+    (_PerStepHead(), r"model\.cell \(nn\.GRUCell\) is stepped 4 times in a Python loop; .*a single step's output is used"),
+    (_FixedSteps(), r"model\.cell \(nn\.LSTMCell\) is stepped 4 times .*does not match PyTorch at other lengths"),
+], ids=["per-step-head", "fixed-steps"])
+def test_cell_loop_that_is_not_a_clean_chain_is_refused_naming_the_cell(model: nn.Module, reason: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=reason):
+        convert(model, inputs=[InputSpec("x", (None, None, 3))])
