@@ -207,6 +207,40 @@ class GruAutoencoder(nn.Module):
         return self.out(decoded)
 
 
+class LstmCellLoopTimeMajor(nn.Module):
+    """An nn.LSTMCell stepped over x.unbind(0) from given (h0, c0): the last state out (fused by modelbridge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(3, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = h0, c0
+        for step in x.unbind(0):
+            h, c = self.cell(step, (h, c))
+        return self.out(h), c
+
+
+class GruCellLoopSequence(nn.Module):
+    """Embedding, then an nn.GRUCell stepped over tokens.size(1); every step's state stacked, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, 4)
+        self.cell = nn.GRUCell(4, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        embedded = self.embedding(tokens)
+        h = torch.zeros(tokens.size(0), 6)
+        states = []
+        for t in range(tokens.size(1)):
+            h = self.cell(embedded[:, t], h)
+            states.append(h)
+        return self.out(torch.stack(states, dim=1))
+
+
 def _tokens(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
     return rng.integers(1, VOCAB, size=(batch, length)).astype(np.int64)
 
@@ -256,6 +290,14 @@ CASES: dict[str, Case] = {
     "bilstm-attention-classifier": Case(
         AttentionClassifier, (InputSpec("x", (None, None, 3)),),
         lambda rng, b, t: {"x": rng.standard_normal((b, t, 3)).astype(np.float32)}, 1),
+    "lstmcell-loop-time-major-h0-c0": Case(
+        LstmCellLoopTimeMajor, (InputSpec("x", (None, None, 3)), InputSpec("h0", (None, 5)), InputSpec("c0", (None, 5))),
+        lambda rng, b, t: {"x": rng.standard_normal((t, b, 3)).astype(np.float32),
+                           "h0": rng.standard_normal((b, 5)).astype(np.float32),
+                           "c0": rng.standard_normal((b, 5)).astype(np.float32)}, 1),
+    "grucell-loop-stacked-steps": Case(
+        GruCellLoopSequence, (InputSpec("tokens", (None, None), "int64"),),
+        lambda rng, b, t: {"tokens": _tokens(rng, b, t)}, 1),
     "gru-sequence-autoencoder": Case(
         GruAutoencoder, (InputSpec("x", (None, None, 2)),),
         lambda rng, b, t: {"x": rng.standard_normal((b, t, 2)).astype(np.float32)}, 2),
