@@ -27,7 +27,7 @@ import torch
 
 from converters import DEFAULT_OPSET, parity
 from converters.parity import ParityReport
-from converters.pytorch_cells import cell_calls, refusal, stepped
+from converters.pytorch_cells import cell_calls, refusal, refuse_unrolled_cells, stepped
 from converters.pytorch_feeds import DEFAULT_INT_HIGH, PROOF_PLANS, TRACE_PLAN, FeedPlan, first_accepted
 from converters.pytorch_fuse import CellFusionError, cell_layer, fuse_cell_loop
 from converters.pytorch_layers import (
@@ -222,7 +222,7 @@ def convert(
     elif loops and exporter == "auto":
         attempts = ["torchscript", "dynamo"]  # torch.export specializes a loop's range(x.size(1)) to the traced length
     failures: list[str] = []
-    refusals: list[UnsupportedModelError] = []  # a cell loop that is not a clean chain, per exporter
+    refusals: list[UnsupportedModelError] = []  # what we refuse (a cell loop...) outranks an exporter's failure
     for name in attempts:
         say(f"tracing with the {name} exporter")
         try:
@@ -233,14 +233,17 @@ def convert(
                 try:
                     exported = fuse_cell_loop(exported, record, trace_feeds, params)
                 except CellFusionError as exc:
-                    refusals.append(UnsupportedModelError(refusal(record, str(exc))))
-                    raise refusals[-1] from exc
+                    raise UnsupportedModelError(refusal(record, str(exc))) from exc
+            if is_script or is_program:
+                refuse_unrolled_cells(exported, params)
             actual_opset = next(op.version for op in exported.opset_import if op.domain in ("", "ai.onnx"))
             if actual_opset != opset:
                 raise ExportCheckError(f"it produced opset {actual_opset} instead of {opset}")
             onnx_model, report, entries = _finish(exported, model, specs, layers, params, atol=atol, say=say)
         except Exception as exc:  # every failure is recorded: in the error, or in the kept model's metadata
             failures.append(f"{name} exporter: {type(exc).__name__}: {exc}")
+            if isinstance(exc, UnsupportedModelError):
+                refusals.append(exc)
             if name == attempts[-1]:
                 if refusals:
                     raise refusals[0] from exc

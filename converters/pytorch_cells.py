@@ -13,8 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
+
+from converters.pytorch_layers import UnsupportedModelError
 
 CELL_TYPES: dict[type[nn.Module], str] = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU", nn.RNNCell: "RNN"}
 
@@ -87,3 +92,43 @@ def refusal(record: CellCalls, reason: str = "") -> str:
         f"weight_hh_l0, bias_ih_l0, bias_hh_l0 are the cell's weight_ih, weight_hh, bias_ih, bias_hh)"
     )
 
+
+
+_CELL_BY_GATES = {4: "LSTMCell", 3: "GRUCell", 1: "RNNCell"}
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def refuse_unrolled_cells(model: onnx.ModelProto, params: dict[str, np.ndarray]) -> None:
+    """Sources without hooks (TorchScript, ExportedProgram): a cell's weight_ih read by several steps, or a
+    Loop/Scan in a graph holding a cell, is a Python loop over a cell — refused, naming the cell."""
+    cells = [name.removesuffix("weight_ih") for name in params if name.endswith("weight_ih")
+             and f"{name.removesuffix('weight_ih')}weight_hh" in params]
+    if not cells:
+        return
+    constants = _constants(model)
+    looping = sorted({node.op_type for node in model.graph.node if node.op_type in ("Loop", "Scan")})
+    for prefix in cells:
+        weight = params[f"{prefix}weight_ih"]
+        hidden = params[f"{prefix}weight_hh"].shape[1]
+        kind = _CELL_BY_GATES.get(weight.shape[0] // hidden, "cell")
+        same = {name for name, value in constants.items()
+                if (value.shape == weight.shape and np.array_equal(value, weight))
+                or (value.shape == weight.T.shape and np.array_equal(value, weight.T))}
+        uses = sum(1 for node in model.graph.node for name in node.input if name in same)
+        if uses > 1 or looping:
+            path = prefix.rstrip(".")
+            how = f"in a {'/'.join(looping)}" if looping else f"{uses} times, unrolled"
+            raise UnsupportedModelError(
+                f"model.{path} (nn.{kind}) is stepped {how} in a loop; a TorchScript or ExportedProgram file no "
+                f"longer says which steps belong to the loop, so it is neither fused nor written out unrolled. "
+                f"Convert the nn.Module through the Python API (converters.convert(model, inputs=...): a clean "
+                f"loop over the sequence is fused into one ONNX node there) or use nn.{kind.removesuffix('Cell')} "
+                "over the whole sequence"
+            )

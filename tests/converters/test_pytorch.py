@@ -285,3 +285,19 @@ class _FixedSteps(nn.Module):
 def test_cell_loop_that_is_not_a_clean_chain_is_refused_naming_the_cell(model: nn.Module, reason: str) -> None:
     with pytest.raises(UnsupportedModelError, match=reason):
         convert(model, inputs=[InputSpec("x", (None, None, 3))])
+
+
+@pytest.mark.parametrize("kind", ["traced", "exported"])
+def test_unrolled_cell_in_a_file_is_refused_naming_it(kind: str, tmp_path) -> None:
+    """No hooks on a TorchScript/ExportedProgram file: a cell whose weights several steps read is refused."""
+    torch.manual_seed(12)
+    model = CellLoop(nn.LSTMCell(3, 4), 4).eval()
+    x = torch.randn(2, 5, 3)
+    if kind == "traced":
+        path = tmp_path / "loop.pt"
+        torch.jit.trace(model, x).save(str(path))
+    else:
+        path = tmp_path / "loop.pt2"
+        torch.export.save(torch.export.export(model, (x,)), path)
+    with pytest.raises(UnsupportedModelError, match=r"model\.cell \(nn\.LSTMCell\) is stepped 5 times, unrolled"):
+        convert(path, inputs=[InputSpec("x", (2, 5, 3))])  # traced: zeros(2, 4) is baked in
