@@ -62,7 +62,10 @@ def recurrent_layers(params: dict[str, np.ndarray]) -> list[RecurrentLayer]:
         module = prefix.rstrip(".")
         if f"{prefix}weight_hr_l{layer}" in params:
             raise UnsupportedModelError(
-                f"nn.LSTM {module!r} uses proj_size (weight_hr_l{layer}); ONNX LSTM has no projection"
+                f"nn.LSTM {module!r} uses proj_size={params[f'{prefix}weight_hr_l{layer}'].shape[0]} "
+                f"(weight_hr_l{layer}): its recurrence reads the projected state, which ONNX LSTM cannot express "
+                "in one fused node (torch.onnx fails on it too: the TorchScript exporter refuses, the dynamo "
+                "exporter writes a model onnxruntime cannot run); train without proj_size to convert"
             )
         hidden = params[f"{prefix}weight_hh_l{layer}"].shape[1]
         op = _OP_BY_GATES.get(params[name].shape[0] // hidden)
