@@ -40,7 +40,7 @@ from converters.pytorch_layers import (
     expected_weights,
     recurrent_layers,
 )
-from converters.pytorch_packed import trim_to_longest
+from converters.pytorch_packed import packed_outputs_used, trim_to_longest
 from converters.pytorch_sources import check_inputs, default_specs, forward_arguments, load
 from converters.result import ConversionResult
 from converters.specs import InputSpec
@@ -113,7 +113,7 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], specs: Sequence[Input
     dynamic_axes = {spec.name: {axis: "batch" if axis == 0 else f"{spec.name}_dim{axis}"
                                 for axis, dim in enumerate(spec.shape) if dim is None} for spec in specs}
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), packed_outputs_used(model):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, args, buffer, dynamo=False,  # type: ignore[arg-type]
                           opset_version=opset, do_constant_folding=True,

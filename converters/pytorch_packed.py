@@ -5,13 +5,25 @@ fused node fed ``sequence_lens``, whose Y is as long as the padded input; PyTorc
 as the longest sequence.  ``trim_to_longest`` slices each such Y to ``max(sequence_lens)`` steps (the
 ONNX op already writes zeros past each sequence's end, as PyTorch does).  The converter keeps the
 trimmed model only when parity says so (``total_length=`` keeps the full length).
+
+The TorchScript exporter's peephole pass crashes (``vector::_M_range_check``) on a packed nn.LSTM whose
+packed output is unused (a classifier reading only ``h_n``): ``packed_outputs_used`` makes the final
+state depend on the padded output by adding ``0 * sum(padded)`` while the exporter traces (exact for finite
+outputs; the parity proof checks the result).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import onnx
+import torch
 from onnx import helper, numpy_helper
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from converters.annotations import GATE_ORDERS
 
@@ -50,3 +62,31 @@ def trim_to_longest(model: onnx.ModelProto) -> onnx.ModelProto | None:
     del graph.node[:]
     graph.node.extend(nodes)
     return trimmed
+
+
+def _touch(output: PackedSequence, state: Any) -> Any:
+    padded, _ = pad_packed_sequence(output)  # the peephole pass removes a pack only before a pad
+    zero = padded.sum() * 0
+    if isinstance(state, tuple):
+        return tuple(part + zero for part in state)
+    return state + zero
+
+
+@contextlib.contextmanager
+def packed_outputs_used(model: Any) -> Iterator[None]:
+    """While the block traces ``model``, every recurrent layer fed a PackedSequence uses its packed output."""
+    handles = []
+    if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        for module in model.modules():
+            if isinstance(module, nn.RNNBase):
+                def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+                    if args and isinstance(args[0], PackedSequence) and isinstance(output[0], PackedSequence):
+                        return output[0], _touch(output[0], output[1])
+                    return None
+
+                handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -39,7 +39,6 @@ def _lengths(rng: np.random.Generator, batch: int, length: int, *, descending: b
 class SentimentPacked(nn.Module):
     """Embedding -> packed LSTM (unsorted batch) -> Linear on [last hidden state, max over padded steps].
 
-    (With the padded outputs unused, both torch.onnx exporters fail on a packed LSTM: see README refusals.)
     """
 
     def __init__(self) -> None:
@@ -53,6 +52,21 @@ class SentimentPacked(nn.Module):
         output, (hidden, _) = self.lstm(packed)
         padded, _ = pad_packed_sequence(output, batch_first=True)
         return self.classifier(torch.cat([hidden[-1], padded.max(dim=1).values], dim=-1))
+
+
+class PackedHiddenOnly(nn.Module):
+    """The classic packed classifier reading only h_n: plain torch.onnx fails on it (both exporters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, 5)
+        self.gru = nn.GRU(5, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.classifier = nn.Linear(8, 2)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.embedding(tokens), lengths, batch_first=True, enforce_sorted=False)
+        _, hidden = self.gru(packed)
+        return self.classifier(torch.cat([hidden[-2], hidden[-1]], dim=-1))
 
 
 class PackedBiTagger(nn.Module):
@@ -261,6 +275,9 @@ CASES: dict[str, Case] = {
     "sentiment-packed-lstm": Case(
         SentimentPacked, (InputSpec("tokens", (None, None), "int64"), InputSpec("lengths", (None,), "int64")),
         lambda rng, b, t: {"tokens": _tokens(rng, b, t), "lengths": _lengths(rng, b, t)}, 1),
+    "packed-bigru-hidden-only-classifier": Case(
+        PackedHiddenOnly, (InputSpec("tokens", (None, None), "int64"), InputSpec("lengths", (None,), "int64")),
+        lambda rng, b, t: {"tokens": _tokens(rng, b, t), "lengths": _lengths(rng, b, t)}, 2),
     "packed-sorted-bilstm-tagger": Case(
         PackedBiTagger, (InputSpec("tokens", (None, None), "int64"), InputSpec("lengths", (None,), "int64")),
         lambda rng, b, t: {"tokens": _tokens(rng, b, t), "lengths": _lengths(rng, b, t, descending=True)}, 2),
@@ -391,6 +408,6 @@ def _plain_export(model: nn.Module, case: Case) -> bool:
 
 def test_whatever_plain_torch_onnx_converts_modelbridge_converts(corpus: dict) -> None:
     plain = {name: _plain_export(corpus[name][0], case) for name, case in CASES.items()}
-    assert all(plain.values()), plain  # every corpus model is plain-exportable...
-    for name in plain:  # ...and modelbridge converted each of them, fused and proven
+    assert sum(plain.values()) >= 10, plain
+    for name in plain:  # modelbridge converted each of them (and those plain torch.onnx fails on), fused and proven
         assert corpus[name][1].parity.passed
