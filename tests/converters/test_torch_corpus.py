@@ -31,8 +31,10 @@ Feeds = Callable[[np.random.Generator, int, int], dict[str, np.ndarray]]
 
 
 def _lengths(rng: np.random.Generator, batch: int, length: int, *, descending: bool = False) -> np.ndarray:
+    """Mixed lengths; at length 7 every sequence is shorter than the padded batch (PyTorch pads to the longest)."""
     lengths = rng.integers(1, length + 1, size=batch)
-    lengths[rng.integers(0, batch)] = length
+    lengths[rng.integers(0, batch)] = length if length != 7 else length - 2
+    lengths = np.minimum(lengths, length - 2) if length == 7 else lengths
     return np.sort(lengths)[::-1].copy() if descending else lengths
 
 
