@@ -223,3 +223,27 @@ def test_every_converter_writes_an_ir_version_onnxruntime_web_loads(framework: s
     assert model.ir_version == NODE_METADATA_IR_VERSION and read_annotations(model)
     onnx.checker.check_model(model)
     ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+
+
+ORT_WEB = ROOT / "clients" / "js" / "node_modules" / "onnxruntime-web"
+
+
+@pytest.mark.skipif(not ORT_WEB.is_dir(), reason="clients/js not installed (make js)")
+def test_onnxruntime_web_loads_the_converted_file_as_written(
+        converted_file: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """The IR version the converters write is one onnxruntime-web accepts without the JS client's rewrite."""
+    target, _ = converted_file
+    script = tmp_path / "load.cjs"
+    script.write_text(
+        f"const ort = require({str(ORT_WEB)!r}); const fs = require('fs'); ort.env.wasm.numThreads = 1;\n"
+        f"ort.InferenceSession.create(fs.readFileSync({str(target)!r})).then(async (session) => {{\n"
+        "  const x = new ort.Tensor('float32', new Float32Array(2 * 5 * 3).fill(0.5), [2, 5, 3]);\n"
+        "  const out = await session.run({x});\n"
+        "  console.log(JSON.stringify(Array.from(out[session.outputNames[0]].data)));\n"
+        "}).catch((error) => { console.log('FAILED ' + error); process.exit(1); });\n")
+    proc = subprocess.run(["node", str(script)], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import onnxruntime as ort
+
+    (want,) = ort.InferenceSession(str(target)).run(None, {"x": np.full((2, 5, 3), 0.5, np.float32)})
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout)), want.ravel(), atol=1e-5)
