@@ -29,7 +29,7 @@ from converters import DEFAULT_OPSET, parity
 from converters.parity import ParityReport
 from converters.pytorch_cells import cell_calls, refusal, refuse_unrolled_cells, stepped
 from converters.pytorch_feeds import DEFAULT_INT_HIGH, PROOF_PLANS, TRACE_PLAN, FeedPlan, first_accepted
-from converters.pytorch_fuse import CellFusionError, cell_layer, fuse_cell_loop
+from converters.pytorch_fuse import CellFusionError, cell_layer, fuse_cell_loops
 from converters.pytorch_layers import (
     FRAMEWORK,
     TORCH_GATES,
@@ -228,12 +228,12 @@ def convert(
         try:
             exporter_fn = _export_dynamo if name == "dynamo" else _export_torchscript
             exported = exporter_fn(model, args, specs, outputs, opset)
-            for record in loops:
-                say(f"converting: fusing the loop over {record.label}")
+            if loops:
+                say(f"converting: fusing the loop(s) over {', '.join(record.label for record in loops)}")
                 try:
-                    exported = fuse_cell_loop(exported, record, trace_feeds, params)
+                    exported = fuse_cell_loops(exported, loops, trace_feeds, params)
                 except CellFusionError as exc:
-                    raise UnsupportedModelError(refusal(record, str(exc))) from exc
+                    raise UnsupportedModelError(refusal(exc.record or loops[0], str(exc))) from exc
             if is_script or is_program:
                 refuse_unrolled_cells(exported, params)
             actual_opset = next(op.version for op in exported.opset_import if op.domain in ("", "ai.onnx"))

@@ -33,7 +33,9 @@ _TOL = 1e-6
 
 
 class CellFusionError(ValueError):
-    """The unrolled loop is not a clean chain over one sequence tensor (says what is not)."""
+    """The unrolled loop is not a clean chain over one sequence tensor (says what is not, and of which cell)."""
+
+    record: CellCalls | None = None
 
 
 def cell_layer(record: CellCalls) -> RecurrentLayer:
@@ -124,8 +126,9 @@ class _Builder:
 
 
 def fuse_cell_loop(model: onnx.ModelProto, record: CellCalls, feeds: dict[str, np.ndarray],
-                   params: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` with the unrolled loop of ``record``'s cell replaced by one fused node."""
+                   params: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, set[str]]:
+    """A copy of ``model`` with a fused node for ``record``'s loop, and the chain's tensors (not pruned yet)
+    that must be dead once every loop is fused."""
     xs, states, hs, cs = _steps(record)
     _check_chain(states, hs, cs)
     fused = onnx.ModelProto()
@@ -171,23 +174,59 @@ def fuse_cell_loop(model: onnx.ModelProto, record: CellCalls, feeds: dict[str, n
     ]
     if cs:
         replacements.append((cs[-1], build.add("Squeeze", [outputs[2], build.const([0])])))
+    # single steps, read back from Y at a fixed index: only another fused loop may consume them
+    single = [(hs[step], build.add("Gather", [steps, _scalar(build, step)], axis=0))
+              for step in range(len(hs) - 1)]
     producers = {out: node for node in fused.graph.node for out in node.output}
-    renamed = 0
-    for want, expression in replacements:
+    watch = {name for value in cs[:-1] for name in _matches(values, value) if name in producers}
+    leaving = 0
+    for index, (want, expression) in enumerate(replacements + single):
         for name in _matches(values, want):
             if name not in producers:
                 continue
             producer = producers[name]
             producer.output[list(producer.output).index(name)] = f"{name}__unrolled"
             build.add("Identity", [expression], output=name)
-            renamed += 1
-    if not renamed:
+            watch.add(f"{name}__unrolled")
+            if index >= len(replacements):
+                watch.add(name)
+            else:
+                leaving += 1
+    if not leaving:
         raise CellFusionError("neither the stacked step outputs nor the last state leave the loop")
     _insert_after_producers(fused, build.nodes)
+    return fused, watch
+
+
+def _scalar(build: _Builder, value: int) -> str:
+    name = build._name("index")
+    build.model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    return name
+
+
+def fuse_cell_loops(model: onnx.ModelProto, records: list[CellCalls], feeds: dict[str, np.ndarray],
+                    params: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Every recorded loop fused in turn (a loop over another's steps reads the first one's Y), then pruned.
+
+    Raises CellFusionError (with ``record``) when a loop is not a clean chain or one of its single
+    steps is still needed once every loop is fused.
+    """
+    fused = model
+    watched: dict[str, CellCalls] = {}
+    for record in records:
+        try:
+            fused, watch = fuse_cell_loop(fused, record, feeds, params)
+        except CellFusionError as exc:
+            exc.record = record
+            raise
+        watched.update(dict.fromkeys(watch, record))
     _prune(fused)
-    kept = {out for node in fused.graph.node for out in node.output}
-    if any(_same(np.asarray(values[name]), h) for name in kept & set(values) for h in hs[:-1]):
-        raise CellFusionError("a single step's output is used outside the loop")
+    for node in fused.graph.node:
+        for name in node.output:
+            if name in watched:
+                error = CellFusionError("a single step's output is used outside the loop")
+                error.record = watched[name]
+                raise error
     return fused
 
 

@@ -257,6 +257,26 @@ class GruCellLoopSequence(nn.Module):
         return self.out(torch.stack(states, dim=1))
 
 
+class StackedCellLoop(nn.Module):
+    """Two cells stepped together (an LSTMCell feeding a GRUCell) per time step: two fused nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lower = nn.LSTMCell(3, 4)
+        self.upper = nn.GRUCell(4, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h1, c1 = torch.zeros(x.size(0), 4), torch.zeros(x.size(0), 4)
+        h2 = torch.zeros(x.size(0), 5)
+        outputs = []
+        for t in range(x.size(1)):
+            h1, c1 = self.lower(x[:, t], (h1, c1))
+            h2 = self.upper(h1, h2)
+            outputs.append(h2.unsqueeze(1))
+        return self.out(torch.cat(outputs, dim=1)), h2
+
+
 def _tokens(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
     return rng.integers(1, VOCAB, size=(batch, length)).astype(np.int64)
 
@@ -317,6 +337,9 @@ CASES: dict[str, Case] = {
     "grucell-loop-stacked-steps": Case(
         GruCellLoopSequence, (InputSpec("tokens", (None, None), "int64"),),
         lambda rng, b, t: {"tokens": _tokens(rng, b, t)}, 1),
+    "stacked-cells-loop": Case(
+        StackedCellLoop, (InputSpec("x", (None, None, 3)),),
+        lambda rng, b, t: {"x": rng.standard_normal((b, t, 3)).astype(np.float32)}, 2),
     "gru-sequence-autoencoder": Case(
         GruAutoencoder, (InputSpec("x", (None, None, 2)),),
         lambda rng, b, t: {"x": rng.standard_normal((b, t, 2)).astype(np.float32)}, 2),
