@@ -49,7 +49,7 @@ def _lengths(rng: np.random.Generator, batch: int, time: int, full: bool, descen
 
 
 def _make(specs: Sequence[InputSpec], plan: FeedPlan, choice: dict[int, int], *, seed: int, int_high: int,
-          descending: bool) -> dict[str, np.ndarray]:
+          descending: bool, lengths: bool = True) -> dict[str, np.ndarray]:
     """``choice[i]`` picks the size (0 first, 1 rest) of input i's only dynamic axis; a lengths input's
     values run up to the other size (the time of the data whose batch it counts)."""
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def _make(specs: Sequence[InputSpec], plan: FeedPlan, choice: dict[int, int], *,
                    for rank, axis in enumerate(dynamic)}
         shape = tuple(size_of.get(axis, dim or 0) for axis, dim in enumerate(spec.shape))
         dtype = np.dtype(spec.dtype)
-        if is_lengths(spec):
+        if lengths and is_lengths(spec):
             time = sizes[1 - choice.get(index, 0)]
             value = _lengths(rng, shape[0], time, plan.full_length, descending).astype(dtype)
         elif np.issubdtype(dtype, np.floating):
@@ -80,7 +80,8 @@ def candidate_feeds(specs: Sequence[InputSpec], plan: FeedPlan, *, seed: int,
 
     An input with one dynamic axis (a state [L, B, H], lengths [B]) may share either size of the
     data: batch-first data puts the batch in axis 0, time-first data in axis 1.  Lengths are tried
-    unsorted, then sorted longest first (``enforce_sorted=True``).
+    unsorted, then sorted longest first (``enforce_sorted=True``); last, 1-D integers as plain ids (a
+    class label, say).
     """
     singles = [index for index, spec in enumerate(specs) if sum(dim is None for dim in spec.shape) == 1]
     orders = (False, True) if any(is_lengths(spec) for spec in specs) else (False,)
@@ -88,6 +89,8 @@ def candidate_feeds(specs: Sequence[InputSpec], plan: FeedPlan, *, seed: int,
         for descending in orders:
             yield _make(specs, plan, dict(zip(singles, picks, strict=True)), seed=seed, int_high=int_high,
                         descending=descending)
+    if len(orders) == 2:
+        yield _make(specs, plan, {}, seed=seed, int_high=int_high, descending=False, lengths=False)
 
 
 def first_accepted(specs: Sequence[InputSpec], plan: FeedPlan, run: Callable[[dict[str, np.ndarray]], object], *,
