@@ -174,8 +174,11 @@ def run_gates(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         data = gates.write(model, fmt=args.fmt, path=Path(args.output) if args.output else None)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - e.g. onnx's evaluator on a malformed weight subgraph: one line
+        print(f"error: cannot split the gates of {args.model!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if not args.output:
         sys.stdout.write(data.decode())
