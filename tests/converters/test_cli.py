@@ -17,6 +17,7 @@ from torch import nn
 from converters import gates
 from converters.annotations import NODE_METADATA_IR_VERSION, read_annotations, validate
 from converters.parity import read as read_parity
+from converters.specs import parse_input_spec
 from tests.converters.torch_models import Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,24 +141,28 @@ def test_missing_framework_says_what_to_install(module: str, suffix: str, tmp_pa
 
 
 def test_wrong_inputs_name_what_the_model_expects(torchscript_file: tuple[Path, nn.Module], tmp_path: Path) -> None:
+    from converters import convert
+    from converters.pytorch import UnsupportedModelError
+
     source, model = torchscript_file
     out = str(tmp_path / "x.onnx")
     name = _cli("convert", str(source), "-o", out, "--input", "tokens:-1,-1,3")
     assert name.returncode == 1 and "forward(x) has no input named 'tokens'" in name.stderr
-    count = _cli("convert", str(source), "-o", out, "--input", "x:-1,-1,3", "--input", "h:1,1,1")
-    assert count.returncode == 1 and "forward(x) takes 1 input(s); --input gave 2" in count.stderr
-    # a traced module has lost PyTorch's own size checks: onnxruntime names the size it wanted
-    shape = _cli("convert", str(source), "-o", out, "--input", "x:-1,-1,4")
-    assert shape.returncode == 1 and "Input W must have shape {2,16,4}. Actual:{2,16,3}" in shape.stderr
-    dtype = _cli("convert", str(source), "-o", out, "--input", "x:-1,-1,3:int64")
-    assert dtype.returncode == 1 and "does not run on inputs x:-1,-1,3:int64" in dtype.stderr
     program = tmp_path / "lstm.pt2"
     torch.export.save(torch.export.export(model, (torch.randn(2, 5, 3),)), program)
     exported = _cli("convert", str(program), "-o", out, "--input", "x:2,5,4")
     assert exported.returncode == 1 and "the ExportedProgram takes inputs x:2,5,3:float32" in exported.stderr
-    for proc in (name, count, shape, dtype, exported):
+    for proc in (name, exported):
         assert "Traceback" not in proc.stderr
     assert not Path(out).exists()
+    # the same checks through the API (the CLI prints these messages as they are)
+    with pytest.raises(UnsupportedModelError, match=r"forward\(x\) takes 1 input\(s\); --input gave 2"):
+        convert(source, inputs=[parse_input_spec("x:-1,-1,3"), parse_input_spec("h:1,1,1")])
+    # a traced module has lost PyTorch's own size checks: onnxruntime names the size it wanted
+    with pytest.raises(UnsupportedModelError, match=r"Input W must have shape \{2,16,4\}. Actual:\{2,16,3\}"):
+        convert(source, inputs=[parse_input_spec("x:-1,-1,4")], exporter="torchscript")
+    with pytest.raises(UnsupportedModelError, match=r"does not run on inputs x:-1,-1,3:int64"):
+        convert(source, inputs=[parse_input_spec("x:-1,-1,3:int64")])
 
 
 def test_pickled_module_is_explained_and_converts_only_when_trusted(tmp_path: Path) -> None:
