@@ -43,7 +43,7 @@ def cell_layer(record: CellCalls) -> RecurrentLayer:
     variables = {"forward.W": f"{prefix}weight_ih", "forward.R": f"{prefix}weight_hh"}
     if getattr(record.module, "bias", False):
         variables.update({"forward.Wb": f"{prefix}bias_ih", "forward.Rb": f"{prefix}bias_hh"})
-    return RecurrentLayer(record.path, 0, record.op, ("forward",), variables)
+    return RecurrentLayer(record.path, 0, record.op, ("forward",), variables, cell=True)
 
 
 def _float_tensors(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -45,9 +45,12 @@ class RecurrentLayer:
     op: str
     directions: tuple[str, ...]
     variables: dict[str, str] = field(hash=False)
+    cell: bool = False  # an nn.LSTMCell/GRUCell/RNNCell stepped in a Python loop, fused
 
     @property
     def label(self) -> str:
+        if self.cell:
+            return f"nn.{self.op}Cell {self.module or '<root>'!r} (stepped in a loop)"
         return f"nn.{self.op} {self.module or '<root>'!r} layer {self.layer}"
 
 
@@ -128,7 +131,8 @@ def annotate(model: onnx.ModelProto, layers: list[RecurrentLayer], params: dict[
         entries.append(annotate_recurrent_node(
             model, node, framework=FRAMEWORK, layer=layer.module, variables=layer.variables,
             source_gate_order=order, gate_map=gate_map,
-            notes=f"torch.nn.{layer.op} layer {layer.layer}; B = [bias_ih, bias_hh] per direction",
+            notes=(f"torch.nn.{layer.op}Cell stepped over time in a Python loop, fused; B = [bias_ih, bias_hh]"
+                   if layer.cell else f"torch.nn.{layer.op} layer {layer.layer}; B = [bias_ih, bias_hh] per direction"),
         ))
     stray = [node.name or node.op_type for index, node in enumerate(nodes) if index not in used]
     if stray:

@@ -245,6 +245,7 @@ def test_cell_stepped_in_a_python_loop_becomes_one_fused_node(cell: nn.Module) -
     assert ops.count(op) == 1 and not {"Gemm", "MatMul", "Loop", "Scan"} & set(ops)  # no step left unrolled
     (entry,) = result.annotations
     assert entry["source"]["layer"] == "cell" and entry["source"]["variables"]["forward.R"] == "cell.weight_hh"
+    assert entry["source"]["notes"].startswith(f"torch.nn.{type(cell).__name__} stepped over time in a Python loop")
     rng = np.random.default_rng(0)
     for length in (1, 4, 9):  # the loop ran over x.size(1): any length, not only the traced 4
         x = rng.normal(size=(2, length, 3)).astype(np.float32)
