@@ -40,7 +40,7 @@ from converters.pytorch_layers import (
     expected_weights,
     recurrent_layers,
 )
-from converters.pytorch_packed import packed_outputs_used, trim_to_longest
+from converters.pytorch_packed import drop_zero_touch, packed_outputs_used, trim_to_longest
 from converters.pytorch_sources import check_inputs, default_specs, forward_arguments, load
 from converters.result import ConversionResult
 from converters.specs import InputSpec
@@ -119,7 +119,9 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], specs: Sequence[Input
                           opset_version=opset, do_constant_folding=True,
                           input_names=[spec.name for spec in specs], output_names=outputs,
                           dynamic_axes={name: axes for name, axes in dynamic_axes.items() if axes})
-    return onnx.load_from_string(buffer.getvalue())
+    exported = onnx.load_from_string(buffer.getvalue())
+    drop_zero_touch(exported)  # the dead ReduceSum/Mul left behind are never run: onnxruntime prunes them
+    return exported
 
 
 def _int_high(model: Any) -> int:

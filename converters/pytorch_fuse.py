@@ -220,7 +220,7 @@ def fuse_cell_loops(model: onnx.ModelProto, records: list[CellCalls], feeds: dic
             exc.record = record
             raise
         watched.update(dict.fromkeys(watch, record))
-    _prune(fused)
+    prune(fused)
     for node in fused.graph.node:
         for name in node.output:
             if name in watched:
@@ -249,7 +249,7 @@ def _insert_after_producers(model: onnx.ModelProto, new: list[onnx.NodeProto]) -
     model.graph.node.extend(ordered)
 
 
-def _prune(model: onnx.ModelProto) -> None:
+def prune(model: onnx.ModelProto) -> None:
     """Drop the nodes and initializers nothing that reaches an output needs."""
     needed = {out.name for out in model.graph.output}
     kept = []
@@ -262,6 +262,7 @@ def _prune(model: onnx.ModelProto) -> None:
                     needed.update(name for inner in sub.node for name in inner.input)
     del model.graph.node[:]
     model.graph.node.extend(reversed(kept))
+    needed |= {value.name for value in model.graph.input}  # an initializer listed as an input stays
     initializers = [_copy(init) for init in model.graph.initializer if init.name in needed]
     del model.graph.initializer[:]
     model.graph.initializer.extend(initializers)

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from converters.annotations import GATE_ORDERS
+from converters.pytorch_fuse import prune
 
 
 def packed_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -90,3 +91,37 @@ def packed_outputs_used(model: Any) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _zero_scalar(model: onnx.ModelProto, name: str) -> bool:
+    for init in model.graph.initializer:
+        if init.name == name:
+            value = numpy_helper.to_array(init)
+            return value.size == 1 and not value.any()
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute[0].name == "value":
+            value = numpy_helper.to_array(node.attribute[0].t)
+            return value.size == 1 and not value.any()
+    return False
+
+
+def drop_zero_touch(model: onnx.ModelProto) -> None:
+    """Undo ``packed_outputs_used`` in the exported graph: ``state + ReduceSum(...) * 0`` becomes ``state``."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        for keep, touch in ((0, 1), (1, 0)):
+            mul = producers.get(node.input[touch])
+            if mul is None or mul.op_type != "Mul":
+                continue
+            inputs = list(mul.input)
+            summed = [name for name in inputs if name in producers and producers[name].op_type == "ReduceSum"]
+            zeros = [name for name in inputs if _zero_scalar(model, name)]
+            if summed and zeros:
+                node.op_type = "Identity"
+                kept = node.input[keep]
+                del node.input[:]
+                node.input.append(kept)
+                break
+    prune(model)
