@@ -51,8 +51,10 @@ class FrameworkMissingError(UnsupportedSourceError):
 
 def _missing(framework: str, exc: ImportError) -> FrameworkMissingError | None:
     package = (exc.name or "").split(".")[0]
-    if package not in CONVERT_EXTRA_PACKAGES:
-        return None
+    return _missing_package(framework, package, exc) if package in CONVERT_EXTRA_PACKAGES else None
+
+
+def _missing_package(framework: str, package: str, exc: ImportError) -> FrameworkMissingError:
     return FrameworkMissingError(
         f"converting a {framework} model needs the Python package {package!r}, which is not installed "
         f"(or fails to import: {exc}); install the converters with: {INSTALL_HINT}"
@@ -64,9 +66,12 @@ def framework_module(framework: str) -> ModuleType:
         raise UnsupportedSourceError(
             f"unknown framework {framework!r}; choose one of {', '.join(sorted(FRAMEWORKS))}"
         )
-    try:
-        for package in REQUIRES[framework]:
+    for package in REQUIRES[framework]:
+        try:
             importlib.import_module(package)
+        except ImportError as exc:  # however the import failed (absent, broken, blocked), name the package
+            raise _missing_package(framework, package, exc) from exc
+    try:
         return importlib.import_module(FRAMEWORKS[framework])
     except ImportError as exc:
         missing = _missing(framework, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,21 @@ def test_onnxruntime_web_loads_the_converted_file_as_written(
 
     (want,) = ort.InferenceSession(str(target)).run(None, {"x": np.full((2, 5, 3), 0.5, np.float32)})
     np.testing.assert_allclose(np.array(json.loads(proc.stdout)), want.ravel(), atol=1e-5)
+
+
+def test_missing_torch_through_a_failing_import_hook(tmp_path: Path) -> None:
+    """Blocked by a sitecustomize import hook (ImportError without a module name): still the install hint."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('torch cannot be imported here')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    (tmp_path / "model.pt").write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    proc = subprocess.run([sys.executable, "-m", "converters.cli", "convert", str(tmp_path / "model.pt"), "-o",
+                           str(tmp_path / "m.onnx"), "--input", "x:1,3"], check=False, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "needs the Python package 'torch'" in proc.stderr and "pip install 'modelbridge[convert]'" in proc.stderr
