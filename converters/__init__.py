@@ -30,8 +30,35 @@ FRAMEWORKS: dict[str, str] = {
 ProgressCallback = Callable[[str], None]
 
 
+# what each converter cannot run without (imported before the converter, to name what is missing)
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "pytorch": ("torch",),
+    "keras": ("tensorflow", "tf2onnx"),
+    "tensorflow": ("tensorflow", "tf2onnx"),
+}
+# the packages the `convert` extra installs (pyproject.toml), by the name they are imported as
+CONVERT_EXTRA_PACKAGES = frozenset({"torch", "tensorflow", "keras", "tf_keras", "tf2onnx", "onnxscript"})
+INSTALL_HINT = "pip install 'modelbridge[convert]'"
+
+
 class UnsupportedSourceError(ValueError):
     """A source the converters do not know how to read (names what it is)."""
+
+
+class FrameworkMissingError(UnsupportedSourceError):
+    """The framework a conversion needs is not installed (says how to install it)."""
+
+
+def _missing(framework: str, exc: ImportError) -> FrameworkMissingError | None:
+    package = (exc.name or "").split(".")[0]
+    return _missing_package(framework, package, exc) if package in CONVERT_EXTRA_PACKAGES else None
+
+
+def _missing_package(framework: str, package: str, exc: ImportError) -> FrameworkMissingError:
+    return FrameworkMissingError(
+        f"converting a {framework} model needs the Python package {package!r}, which is not installed "
+        f"(or fails to import: {exc}); install the converters with: {INSTALL_HINT}"
+    )
 
 
 def framework_module(framework: str) -> ModuleType:
@@ -39,7 +66,18 @@ def framework_module(framework: str) -> ModuleType:
         raise UnsupportedSourceError(
             f"unknown framework {framework!r}; choose one of {', '.join(sorted(FRAMEWORKS))}"
         )
-    return importlib.import_module(FRAMEWORKS[framework])
+    for package in REQUIRES[framework]:
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:  # however the import failed (absent, broken, blocked), name the package
+            raise _missing_package(framework, package, exc) from exc
+    try:
+        return importlib.import_module(FRAMEWORKS[framework])
+    except ImportError as exc:
+        missing = _missing(framework, exc)
+        if missing is None:
+            raise
+        raise missing from exc
 
 
 def detect_framework(source: Any) -> str:
@@ -100,9 +138,15 @@ def convert(
     if progress:
         progress(f"loading the {name} converter")  # importing a framework takes seconds
     module = framework_module(name)
-    result: ConversionResult = module.convert(
-        source, inputs=inputs, opset=opset, atol=atol, progress=progress, **framework_options
-    )
+    try:
+        result: ConversionResult = module.convert(
+            source, inputs=inputs, opset=opset, atol=atol, progress=progress, **framework_options
+        )
+    except ImportError as exc:  # a framework piece imported lazily (tf2onnx, onnxscript...)
+        missing = _missing(name, exc)
+        if missing is None:
+            raise
+        raise missing from exc
     if stateful:
         from converters.annotations import read_annotations
         from converters.stateful import check_streaming, make_stateful
@@ -121,6 +165,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "FRAMEWORKS",
     "ConversionResult",
+    "FrameworkMissingError",
     "InputSpec",
     "UnsupportedSourceError",
     "convert",

@@ -7,10 +7,15 @@ server/cli.py adds them with ``register(subparsers)``; each subcommand stores it
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from converters import DEFAULT_OPSET, FRAMEWORKS
 from converters.parity import DEFAULT_ATOL
@@ -49,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     convert.add_argument("--output-name", dest="outputs", action="append", metavar="TENSOR",
                          help="TensorFlow graphs: a graph tensor to export as an output (default: found from the "
                          "graph); repeat")
+    convert.add_argument("--trust-pickle", action="store_true",
+                         help="PyTorch: unpickle a whole model saved with torch.save(model) (runs code named in the "
+                         "file: only for files you trust; prefer a .pt2 ExportedProgram or TorchScript)")
+    convert.add_argument("-v", "--verbose", action="store_true",
+                         help="show the frameworks' own log output (TensorFlow's C++ log, warnings) and tracebacks")
     convert.set_defaults(func=run_convert)
 
     gates = subparsers.add_parser(
@@ -61,34 +71,84 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     gates.set_defaults(func=run_gates)
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    from converters import UnsupportedSourceError, convert
-    from converters.parity import ParityError
+@contextlib.contextmanager
+def _framework_noise_hidden(verbose: bool) -> Iterator[TextIO]:
+    """Yield the stream for our own messages; unless ``verbose``, everything else written to fd 2 is dropped.
 
-    started = time.monotonic()
-
-    def progress(stage: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {stage}", file=sys.stderr, flush=True)
-
+    TensorFlow logs from C++ straight to file descriptor 2 (cuInit, oneDNN and CPU-feature banners, absl
+    warnings), and Python warnings go to sys.stderr: the file descriptor itself is pointed elsewhere
+    while the framework runs.  TF_CPP_MIN_LOG_LEVEL must be set before TensorFlow is imported.
+    """
+    if verbose:
+        yield sys.stderr
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    original = os.dup(2)
+    ours = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     try:
-        extra = {"outputs": args.outputs} if args.outputs else {}
-        result = convert(args.source, framework=args.framework, inputs=args.inputs, opset=args.opset,
-                         atol=args.atol, progress=progress, stateful=args.stateful, time_axis=args.time_axis,
-                         **extra)
-    except ParityError as exc:
-        print(f"error: {exc}\n{exc.report.summary()}", file=sys.stderr)
+        with open(os.devnull, "w") as sink, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(sink.fileno(), 2)
+            yield ours
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)
+        os.close(original)
+        ours.close()
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    with _framework_noise_hidden(getattr(args, "verbose", False)) as err:
+        code, result = _convert(args, err)
+    if result is None:
+        return code
+    try:
+        path = result.save(args.output)
+    except OSError as exc:
+        print(f"error: cannot write {args.output!r}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (UnsupportedSourceError, ValueError, RuntimeError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    progress("writing")
-    path = result.save(args.output)
     print(result.parity.summary(), file=sys.stderr)
     recurrent = ", ".join(f"{entry['node']} ({entry['op']} from {entry['source']['layer']})"
                           for entry in result.annotations)
     print(f"recurrent nodes: {recurrent or 'none'}", file=sys.stderr)
     print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
     return 0
+
+
+def _convert(args: argparse.Namespace, err: TextIO) -> tuple[int, Any]:
+    from converters import UnsupportedSourceError, convert
+    from converters.parity import ParityError
+
+    started = time.monotonic()
+
+    def progress(stage: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {stage}", file=err, flush=True)
+
+    extra: dict[str, Any] = {"outputs": args.outputs} if args.outputs else {}
+    if getattr(args, "trust_pickle", False):
+        extra["trust_pickle"] = True
+    try:
+        result = convert(args.source, framework=args.framework, inputs=args.inputs, opset=args.opset,
+                         atol=args.atol, progress=progress, stateful=args.stateful, time_axis=args.time_axis,
+                         **extra)
+    except ParityError as exc:
+        print(f"error: {exc}\n{exc.report.summary()}", file=err)
+        return EXIT_FAILED, None
+    except (UnsupportedSourceError, ValueError, RuntimeError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_FAILED, None
+    except TypeError as exc:  # an option the framework's converter does not take (e.g. --trust-pickle)
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE, None
+    except Exception as exc:  # noqa: BLE001 - a framework's own failure: one line, the traceback on --verbose
+        if getattr(args, "verbose", False):
+            traceback.print_exc(file=err)
+        print(f"error: the conversion failed inside the framework: {type(exc).__name__}: {exc} "
+              "(run with --verbose for its log)", file=err)
+        return EXIT_FAILED, None
+    progress("writing")
+    return 0, result
 
 
 def run_gates(args: argparse.Namespace) -> int:
@@ -108,10 +168,17 @@ def run_gates(args: argparse.Namespace) -> int:
     except DecodeError as exc:
         print(f"error: {args.model!r} is not an ONNX model ({type(exc).__name__}: {exc})", file=sys.stderr)
         return EXIT_FAILED
+    if not model.ir_version or not model.opset_import:  # protobuf parses some non-ONNX bytes (e.g. "{}")
+        print(f"error: {args.model!r} is not an ONNX model (no IR version or opset: convert it first with "
+              "`modelbridge convert`)", file=sys.stderr)
+        return EXIT_FAILED
     try:
         data = gates.write(model, fmt=args.fmt, path=Path(args.output) if args.output else None)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - e.g. onnx's evaluator on a malformed weight subgraph: one line
+        print(f"error: cannot split the gates of {args.model!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if not args.output:
         sys.stdout.write(data.decode())

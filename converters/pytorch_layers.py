@@ -45,9 +45,12 @@ class RecurrentLayer:
     op: str
     directions: tuple[str, ...]
     variables: dict[str, str] = field(hash=False)
+    cell: bool = False  # an nn.LSTMCell/GRUCell/RNNCell stepped in a Python loop, fused
 
     @property
     def label(self) -> str:
+        if self.cell:
+            return f"nn.{self.op}Cell {self.module or '<root>'!r} (stepped in a loop)"
         return f"nn.{self.op} {self.module or '<root>'!r} layer {self.layer}"
 
 
@@ -62,7 +65,10 @@ def recurrent_layers(params: dict[str, np.ndarray]) -> list[RecurrentLayer]:
         module = prefix.rstrip(".")
         if f"{prefix}weight_hr_l{layer}" in params:
             raise UnsupportedModelError(
-                f"nn.LSTM {module!r} uses proj_size (weight_hr_l{layer}); ONNX LSTM has no projection"
+                f"nn.LSTM {module!r} uses proj_size={params[f'{prefix}weight_hr_l{layer}'].shape[0]} "
+                f"(weight_hr_l{layer}): its recurrence reads the projected state, which ONNX LSTM cannot express "
+                "in one fused node (torch.onnx fails on it too: the TorchScript exporter refuses, the dynamo "
+                "exporter writes a model onnxruntime cannot run); train without proj_size to convert"
             )
         hidden = params[f"{prefix}weight_hh_l{layer}"].shape[1]
         op = _OP_BY_GATES.get(params[name].shape[0] // hidden)
@@ -125,7 +131,8 @@ def annotate(model: onnx.ModelProto, layers: list[RecurrentLayer], params: dict[
         entries.append(annotate_recurrent_node(
             model, node, framework=FRAMEWORK, layer=layer.module, variables=layer.variables,
             source_gate_order=order, gate_map=gate_map,
-            notes=f"torch.nn.{layer.op} layer {layer.layer}; B = [bias_ih, bias_hh] per direction",
+            notes=(f"torch.nn.{layer.op}Cell stepped over time in a Python loop, fused; B = [bias_ih, bias_hh]"
+                   if layer.cell else f"torch.nn.{layer.op} layer {layer.layer}; B = [bias_ih, bias_hh] per direction"),
         ))
     stray = [node.name or node.op_type for index, node in enumerate(nodes) if index not in used]
     if stray:

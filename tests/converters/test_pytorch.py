@@ -22,7 +22,7 @@ from converters.pytorch import convert as convert_torch
 from converters.reference import intermediates, run_reference
 from converters.result import ConversionResult
 from converters.specs import InputSpec
-from tests.converters.torch_models import FeedForward, LstmWithState, Sequence, recurrent_variants
+from tests.converters.torch_models import CellLoop, FeedForward, LstmWithState, Sequence, recurrent_variants
 
 VARIANTS = recurrent_variants()
 FUSED = {"LSTM", "GRU", "RNN"}
@@ -52,7 +52,7 @@ def test_recurrent_layers_come_out_fused_and_proven(name: str, converted: dict) 
         if node.op_type in FUSED:
             assert {attr.name: attr.i for attr in node.attribute}.get("layout", 0) == 0
     assert result.parity.passed and max(out.max_abs for out in result.parity.outputs) < 1e-5
-    assert [item["shape"][:2] for item in result.parity.inputs] in ([[2, 2], [5, 5]],)  # two dynamic sizes
+    assert [item["shape"][:2] for item in result.parity.inputs] == [[2, 5], [5, 3], [1, 4]]  # batch != time
     assert len(result.annotations) == layers == len(read_annotations(result.model))
     for entry in read_annotations(result.model):
         validate(entry)
@@ -130,6 +130,7 @@ def test_feed_forward_layers_map_to_natural_ops() -> None:
     assert "ReduceMax" in ops and "Reshape" in ops  # maxout
     assert ops.count("Gemm") + ops.count("MatMul") >= 3
     assert result.parity.passed and result.annotations == []
+    assert result.model.ir_version == 8  # opset 17's IR: nothing here needs more (annotated models carry 10)
 
 
 def test_default_exporter_is_dynamo_with_weights_matched_through_its_graph() -> None:
@@ -160,13 +161,13 @@ def test_exported_program_file(tmp_path) -> None:
 
 def test_projection_is_refused_naming_the_layer() -> None:
     model = Sequence(nn.LSTM(3, 6, proj_size=2, batch_first=True), 2)
-    with pytest.raises(UnsupportedModelError, match="nn.LSTM 'rnn' uses proj_size"):
+    with pytest.raises(UnsupportedModelError, match="nn.LSTM 'rnn' uses proj_size=2 .*ONNX LSTM cannot express"):
         convert(model, inputs=[InputSpec("x", (None, None, 3))])
 
 
 def test_unsupported_sources_are_named(tmp_path) -> None:
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(UnsupportedModelError, match="state_dict"):
+    with pytest.raises(UnsupportedModelError, match="holds a state_dict .* save instead one of"):
         convert(tmp_path / "weights.pt", inputs=[InputSpec("x", (1, 2))])
     with pytest.raises(UnsupportedModelError, match="nn.Module does not say its inputs"):
         convert(nn.Linear(2, 2))
@@ -190,11 +191,15 @@ def test_default_conversion_of_bidirectional_gru_runs_at_any_length() -> None:
                                    model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
 
 
-def test_pickled_module_file(tmp_path) -> None:
+def test_pickled_module_file_is_refused_unless_trusted(tmp_path) -> None:
     torch.manual_seed(7)
     model = Sequence(nn.RNN(3, 4, batch_first=True), 4)
     torch.save(model, tmp_path / "rnn.pth")
-    result = convert_torch(tmp_path / "rnn.pth", inputs=[InputSpec("x", (None, None, 3))], exporter="torchscript")
+    spec = [InputSpec("x", (None, None, 3))]
+    with pytest.raises(UnsupportedModelError, match=r"whole pickled model .*tests\.converters\.torch_models\.Sequence.*"
+                       r"torch\.export\.save"):
+        convert_torch(tmp_path / "rnn.pth", inputs=spec)
+    result = convert_torch(tmp_path / "rnn.pth", inputs=spec, exporter="torchscript", trust_pickle=True)
     assert _ops(result).count("RNN") == 1 and result.parity.passed
 
 
@@ -227,3 +232,74 @@ def test_scripted_torchscript_file(tmp_path) -> None:
     assert ops.count("LSTM") == 2 and not {"Loop", "Scan", "If"} & set(ops) and result.parity.passed
     assert [entry["source"]["variables"]["forward.W"] for entry in result.annotations] == [
         "rnn.weight_ih_l0", "rnn.weight_ih_l1"]
+
+
+@pytest.mark.parametrize("cell", [nn.LSTMCell(3, 4), nn.GRUCell(3, 4), nn.RNNCell(3, 4, nonlinearity="relu")],
+                         ids=["lstm", "gru", "rnn-relu"])
+def test_cell_stepped_in_a_python_loop_becomes_one_fused_node(cell: nn.Module) -> None:
+    torch.manual_seed(11)
+    model = CellLoop(cell, 4).eval()
+    result = convert(model, inputs=[InputSpec("x", (None, None, 3))])
+    op = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell": "RNN"}[type(cell).__name__]
+    ops = _ops(result)
+    assert ops.count(op) == 1 and not {"Gemm", "MatMul", "Loop", "Scan"} & set(ops)  # no step left unrolled
+    (entry,) = result.annotations
+    assert entry["source"]["layer"] == "cell" and entry["source"]["variables"]["forward.R"] == "cell.weight_hh"
+    assert entry["source"]["notes"].startswith(f"torch.nn.{type(cell).__name__} stepped over time in a Python loop")
+    rng = np.random.default_rng(0)
+    for length in (1, 4, 9):  # the loop ran over x.size(1): any length, not only the traced 4
+        x = rng.normal(size=(2, length, 3)).astype(np.float32)
+        got = run_onnx(result.model, {"x": x})
+        want = [tensor.detach().numpy() for tensor in model(torch.from_numpy(x))]
+        for value, expected in zip(got.values(), want, strict=True):
+            np.testing.assert_allclose(value, expected, atol=1e-5)
+
+
+class _PerStepHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.out = nn.GRUCell(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, outputs = torch.zeros(x.size(0), 4), []
+        for t in range(x.size(1)):
+            h = self.cell(x[:, t], h)
+            outputs.append(self.out(h))
+        return torch.stack(outputs, 1)
+
+
+class _FixedSteps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = (torch.zeros(x.size(0), 4), torch.zeros(x.size(0), 4))
+        for t in range(4):
+            state = self.cell(x[:, t], state)
+        return state[0]
+
+
+@pytest.mark.parametrize(("model", "reason"), [
+    (_PerStepHead(), r"model\.cell \(nn\.GRUCell\) is stepped 4 times in a Python loop; .*a single step's output is used"),
+    (_FixedSteps(), r"model\.cell \(nn\.LSTMCell\) is stepped 4 times .*does not match PyTorch at other lengths"),
+], ids=["per-step-head", "fixed-steps"])
+def test_cell_loop_that_is_not_a_clean_chain_is_refused_naming_the_cell(model: nn.Module, reason: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=reason):
+        convert(model, inputs=[InputSpec("x", (None, None, 3))])
+
+
+@pytest.mark.parametrize("kind", ["traced", "exported"])
+def test_unrolled_cell_in_a_file_is_refused_naming_it(kind: str, tmp_path) -> None:
+    """No hooks on a TorchScript/ExportedProgram file: a cell whose weights several steps read is refused."""
+    torch.manual_seed(12)
+    model = CellLoop(nn.LSTMCell(3, 4), 4).eval()
+    x = torch.randn(2, 5, 3)
+    if kind == "traced":
+        path = tmp_path / "loop.pt"
+        torch.jit.trace(model, x).save(str(path))
+    else:
+        path = tmp_path / "loop.pt2"
+        torch.export.save(torch.export.export(model, (x,)), path)
+    with pytest.raises(UnsupportedModelError, match=r"model\.cell \(nn\.LSTMCell\) is stepped 5 times, unrolled"):
+        convert(path, inputs=[InputSpec("x", (2, 5, 3))])  # traced: zeros(2, 4) is baked in

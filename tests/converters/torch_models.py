@@ -69,3 +69,24 @@ def recurrent_variants() -> dict[str, tuple[nn.Module, tuple[int | None, ...]]]:
                              (None, None, 3)),
         "rnn-tanh-bidirectional": (Sequence(nn.RNN(3, 4, bidirectional=True, batch_first=True), 8), (None, None, 3)),
     }
+
+
+class CellLoop(nn.Module):
+    """An nn.LSTMCell/GRUCell/RNNCell stepped over x.size(1) in Python; returns every step's h and the last state."""
+
+    def __init__(self, cell: nn.Module, width: int) -> None:
+        super().__init__()
+        self.cell = cell
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.zeros(x.size(0), self.width)
+        c = torch.zeros(x.size(0), self.width)
+        steps = []
+        for t in range(x.size(1)):
+            if isinstance(self.cell, nn.LSTMCell):
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+            steps.append(h)
+        return torch.stack(steps, dim=1), h
