@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters.annotations import GATE_ORDERS, annotate_recurrent_node
+from converters.annotations import GATE_ORDERS, annotate_recurrent_node, node_annotation
 from converters.keras_layers import UnsupportedLayerError
 from converters.specs import InputSpec
 from converters.tf_cells import CellMatch, match_direction
@@ -80,6 +80,9 @@ def annotate_fused(model: onnx.ModelProto, loaded: Loaded) -> list[dict[str, Any
     entries = []
     for node in model.graph.node:
         if node.op_type not in RECURRENT_OPS:
+            continue
+        if (done := node_annotation(node)) is not None:  # fused from its cell's weights (tf_fuse)
+            entries.append(done)
             continue
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
         if layout != 0:

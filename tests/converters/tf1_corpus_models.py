@@ -1,0 +1,207 @@
+"""Build the TF1 recurrent corpus (run as a script in a subprocess: TF1 cells need TF_USE_LEGACY_KERAS=1).
+
+``python -m tests.converters.tf1_corpus_models OUT [NAME...]`` writes, per model, its source (checkpoint +
+.meta, SavedModel or frozen GraphDef) under OUT/NAME, its variables (``variables.npz``), and TF's outputs
+on several batches (``cases.npz``: batch sizes and sequence lengths vary) so the test compares without
+re-running TF.  One spec per model; every cell kind, rnn kind, time layout, state wiring, control-flow
+version and source kind of the README table is in at least one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STEPS, FEATURES = 6, 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    cells: tuple[str, ...]  # one per stacked layer: "basic:U", "lstm:U[:peep][:fb=F][:clip=C][:proj=P]", "gru:U", "rnn:U"
+    source: str = "checkpoint"  # checkpoint | saved_model | frozen
+    control_flow: int = 1  # 1 or 2
+    bidirectional: bool = False
+    time_major: bool = False
+    lengths: bool = True  # a sequence_length placeholder
+    initial: bool = False  # initial states as placeholders
+    final: bool = True  # final states as outputs
+    dynamic_time: bool = False  # the time dimension of x is None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CORPUS: dict[str, Spec] = {
+    "basic_lstm_v1_ckpt": Spec(("basic:5",)),
+    "peephole_lstm_fb1_v1_ckpt": Spec(("lstm:4:peep:fb=1.0",)),
+    "basic_lstm_v2_frozen": Spec(("basic:4",), source="frozen", control_flow=2),
+    "lstm_fb0_initial_tm_v2_ckpt": Spec(("lstm:4:fb=0.0",), control_flow=2, time_major=True, initial=True),
+    "gru_initial_v1_saved": Spec(("gru:4",), source="saved_model", initial=True, dynamic_time=True),
+    "basic_rnn_tm_v2_saved": Spec(("rnn:3",), source="saved_model", control_flow=2, time_major=True),
+    "multi_lstm_v1_frozen": Spec(("basic:4", "basic:3"), source="frozen", initial=True),
+    "multi_mixed_v2_ckpt": Spec(("lstm:4:peep:fb=0.3", "gru:3", "rnn:2"), control_flow=2),
+    "bidi_lstm_v1_ckpt": Spec(("lstm:3:peep",), bidirectional=True),
+    "bidi_gru_tm_v2_frozen": Spec(("gru:3",), source="frozen", control_flow=2, bidirectional=True, time_major=True,
+                                  initial=True),
+    "bidi_multi_v2_saved": Spec(("basic:3", "gru:2"), source="saved_model", control_flow=2, bidirectional=True,
+                                dynamic_time=True),
+    "gru_nolengths_v1_frozen": Spec(("gru:4",), source="frozen", lengths=False, final=False),
+}
+# What ONNX cannot express: refused by name (the converter's message is checked by the test).
+REFUSED: dict[str, Spec] = {
+    "lstm_cell_clip_v1_ckpt": Spec(("lstm:4:clip=1.5",)),
+    "lstm_num_proj_v2_ckpt": Spec(("lstm:4:proj=2",), control_flow=2),
+}
+
+
+def _cell(text: str, name: str) -> Any:
+    import tensorflow as tf
+
+    rnn = tf.compat.v1.nn.rnn_cell
+    kind, units, *options = text.split(":")
+    opts = dict(option.split("=") if "=" in option else (option, "1") for option in options)
+    if kind == "basic":
+        return rnn.BasicLSTMCell(int(units), name=name)
+    if kind == "lstm":
+        return rnn.LSTMCell(int(units), use_peepholes="peep" in opts, forget_bias=float(opts.get("fb", 1.0)),
+                            cell_clip=float(opts["clip"]) if "clip" in opts else None,
+                            num_proj=int(opts["proj"]) if "proj" in opts else None, name=name)
+    if kind == "gru":
+        return rnn.GRUCell(int(units), name=name)
+    return rnn.BasicRNNCell(int(units), name=name)
+
+
+def _stack(spec: Spec, prefix: str) -> Any:
+    import tensorflow as tf
+
+    cells = [_cell(text, f"{prefix}cell{k}_{text.split(':')[0]}") for k, text in enumerate(spec.cells)]
+    return cells[0] if len(cells) == 1 else tf.compat.v1.nn.rnn_cell.MultiRNNCell(cells)
+
+
+def _state_placeholders(cell: Any, batch_axis_name: str) -> Any:
+    import tensorflow as tf
+
+    flat = tf.nest.flatten(cell.state_size)
+    holders = [tf.compat.v1.placeholder(tf.float32, [None, size], name=f"{batch_axis_name}_{k}")
+               for k, size in enumerate(flat)]
+    return tf.nest.pack_sequence_as(cell.state_size, holders)
+
+
+def _graph(spec: Spec) -> tuple[Any, dict[str, Any], list[str]]:
+    """The model graph; returns it with its placeholders by role and the output tensor names."""
+    import tensorflow as tf
+
+    time = None if spec.dynamic_time else STEPS
+    shape = [time, None, FEATURES] if spec.time_major else [None, time, FEATURES]
+    x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
+    holders: dict[str, Any] = {"x": x}
+    lengths = None
+    if spec.lengths:
+        lengths = holders["lengths"] = tf.compat.v1.placeholder(tf.int32, [None], name="lengths")
+    outputs = []
+    if spec.bidirectional:
+        fw, bw = _stack(spec, "fw_"), _stack(spec, "bw_")
+        kwargs: dict[str, Any] = {"dtype": tf.float32}
+        if spec.initial:
+            kwargs["initial_state_fw"] = _state_placeholders(fw, "state_fw")
+            kwargs["initial_state_bw"] = _state_placeholders(bw, "state_bw")
+        (out_fw, out_bw), states = tf.compat.v1.nn.bidirectional_dynamic_rnn(
+            fw, bw, x, sequence_length=lengths, time_major=spec.time_major, **kwargs)
+        outputs.append(tf.identity(tf.concat([out_fw, out_bw], -1), name="y"))
+    else:
+        cell = _stack(spec, "")
+        kwargs = {"dtype": tf.float32}
+        if spec.initial:
+            kwargs["initial_state"] = _state_placeholders(cell, "state")
+        y, states = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, time_major=spec.time_major, **kwargs)
+        outputs.append(tf.identity(y, name="y"))
+    if spec.final:
+        for k, state in enumerate(tf.nest.flatten(states)):
+            outputs.append(tf.identity(state, name=f"final_{k}"))
+    return x.graph, holders, [out.name for out in outputs]
+
+
+def _feeds(spec: Spec, graph: Any, seed: int, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    steps = STEPS if not spec.dynamic_time else 4 + seed % 3
+    x = rng.standard_normal((steps, batch, FEATURES) if spec.time_major else (batch, steps, FEATURES))
+    feeds = {"x:0": x.astype(np.float32)}
+    if spec.lengths:
+        lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
+        lengths[0] = steps  # one full-length row, the others shorter
+        feeds["lengths:0"] = lengths
+    for op in graph.get_operations():
+        if op.type == "Placeholder" and op.name.startswith("state"):
+            size = op.outputs[0].shape[1]
+            feeds[f"{op.name}:0"] = rng.standard_normal((batch, size)).astype(np.float32)
+    return feeds
+
+
+CASES = ((0, 1), (1, 3), (2, 5))  # (seed, batch size)
+
+
+def build_one(name: str, spec: Spec, out: Path) -> None:
+    import tensorflow as tf
+
+    if spec.control_flow == 2:
+        tf.compat.v1.enable_control_flow_v2()
+    else:
+        tf.compat.v1.disable_control_flow_v2()
+    target = out / name
+    target.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(len(name))
+        _, holders, output_names = _graph(spec)
+        rng = np.random.default_rng(len(name))
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            for variable in tf.compat.v1.global_variables():  # random biases make bias checks meaningful
+                if variable.name.endswith(("bias:0", "_diag:0")):
+                    variable.load(rng.normal(size=variable.shape).astype(np.float32), session)
+            values = {v.name[:-2]: session.run(v) for v in tf.compat.v1.global_variables()}
+            np.savez(target / "variables.npz", **values)
+            cases = {}
+            for seed, batch in CASES:
+                feeds = _feeds(spec, graph, seed, batch)
+                results = session.run(output_names, feeds)
+                cases.update({f"{seed}/in/{key[:-2]}": value for key, value in feeds.items()})
+                cases.update({f"{seed}/out/{key[:-2]}": value for key, value in zip(output_names, results, strict=True)})
+            np.savez(target / "cases.npz", **cases)
+            plain_outputs = [name_[:-2] for name_ in output_names]
+            if spec.source == "checkpoint":
+                tf.compat.v1.train.Saver().save(session, str(target / "model"))
+                source = target / "model.meta"
+            elif spec.source == "frozen":
+                frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                    session, graph.as_graph_def(), plain_outputs)
+                source = target / "model.pb"
+                source.write_bytes(frozen.SerializeToString())
+            else:
+                source = target / "saved"
+                builder = tf.compat.v1.saved_model.Builder(str(source))
+                signature = tf.compat.v1.saved_model.predict_signature_def(
+                    {key: holder for key, holder in holders.items()} | {
+                        op.name: op.outputs[0] for op in graph.get_operations()
+                        if op.type == "Placeholder" and op.name.startswith("state")},
+                    {key: graph.get_tensor_by_name(f"{key}:0") for key in plain_outputs})
+                builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+                    "serving_default": signature})
+                builder.save()
+    (target / "meta.json").write_text(json.dumps({"source": str(source.relative_to(out)), "outputs": plain_outputs}))
+
+
+def main(out: Path, names: list[str]) -> None:
+    import tensorflow as tf
+
+    tf.compat.v1.disable_eager_execution()
+    every = {**CORPUS, **REFUSED}
+    for name in names or list(every):
+        build_one(name, every[name], out)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])
