@@ -194,7 +194,42 @@ def _from_function(function: Any, origin: str, inputs: list[InputSpec] | None) -
                   variables={k: v for k, v in variables.items() if 1 <= v.ndim <= 2})
 
 
-def _from_saved_model(path: Path, inputs: list[InputSpec] | None) -> Loaded:
+def _tf1_meta_graph(path: Path) -> Any | None:
+    """The MetaGraphDef of a SavedModel written by TF1's builder (it has no object graph), else None."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    except Exception as exc:
+        raise UnsupportedSourceError(f"{path.name!r}: saved_model.pb does not parse: {exc}") from exc
+    graphs = list(proto.meta_graphs)
+    if not graphs or any(len(graph.object_graph_def.nodes) for graph in graphs):
+        return None
+    return next((graph for graph in graphs if "serve" in graph.meta_info_def.tags), graphs[0])
+
+
+def _from_tf1_saved_model(path: Path, meta_graph: Any, inputs: list[InputSpec] | None,
+                          outputs: list[str] | None) -> Loaded:
+    """Restore into a session and freeze, like a checkpoint: the graph path fuses its loops (tf_fuse)."""
+    signatures = meta_graph.signature_def
+    key = "serving_default" if "serving_default" in signatures else min(signatures, default=None)
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        tf.compat.v1.saved_model.loader.load(session, list(meta_graph.meta_info_def.tags), str(path))
+        graph_def = graph.as_graph_def()
+        if outputs is None and key is not None:
+            outputs = [info.name for _, info in sorted(signatures[key].outputs.items())]
+        output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+        frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, output_nodes)
+    where = f" [{key}]" if key is not None else ""
+    return _from_graph_def(frozen, f"SavedModel {path.name}{where}", inputs, output_nodes)
+
+
+def _from_saved_model(path: Path, inputs: list[InputSpec] | None, outputs: list[str] | None = None) -> Loaded:
+    meta_graph = _tf1_meta_graph(path)
+    if meta_graph is not None:
+        return _from_tf1_saved_model(path, meta_graph, inputs, outputs)
     loaded = tf.saved_model.load(str(path))
     signatures = dict(loaded.signatures)
     if not signatures:
@@ -240,9 +275,9 @@ def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | No
     if not path.exists():
         raise UnsupportedSourceError(f"TensorFlow source {str(path)!r} does not exist")
     if path.is_dir() and (path / "saved_model.pb").exists():
-        return _from_saved_model(path, inputs)
+        return _from_saved_model(path, inputs, outputs)
     if path.name == "saved_model.pb":
-        return _from_saved_model(path.parent, inputs)
+        return _from_saved_model(path.parent, inputs, outputs)
     if path.is_dir() or path.suffix in (".meta", ".index"):
         return _from_checkpoint(path, inputs, outputs)
     if path.suffix == ".pb":
