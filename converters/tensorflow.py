@@ -1,11 +1,13 @@
 """TensorFlow to ONNX: SavedModel directories, tf.functions, frozen GraphDef .pb, TF1 checkpoints (.meta).
 
-Graphs (frozen .pb, checkpoints) go through tf2onnx's ``process_tf_graph`` + ``optimize_graph``
-WITHOUT grappler: grappler turns the TF1 cells' BiasAdd into AddV2 and tf2onnx's LSTM rewriter then
-no longer recognises the cell, leaving a Scan (seen with TF 2.21 + tf2onnx 1.17).  Functions and
-SavedModels are frozen by tf2onnx's ``tf_loader.from_function``.  Every fused node is then matched to
-the source variables it came from (tf_cells.py) and annotated; a Loop or Scan left holding a
-recurrent cell is refused, naming the cell, because ONNX consumers need the fused op.
+Graphs (frozen .pb, checkpoints, SavedModels written by TF1's builder) are frozen, then every while loop
+that computes a stack of TF1 cells is cut out (tf_fuse: cells are recognised by their ops and weights,
+in control flow v1 frames and v2 While bodies alike); tf2onnx's ``process_tf_graph`` converts the rest
+and one fused ONNX LSTM/GRU/RNN per cell goes where each loop was, wired to its input, sequence
+lengths, initial and final states.  Grappler runs only when v2 control flow is left (it turns a TF1
+cell's BiasAdd into AddV2).  tf.functions and TF2 SavedModels are frozen by tf2onnx's
+``from_function``; the fused nodes tf2onnx makes there are matched to their variables by value
+(tf_cells.py).  A Loop or Scan left holding a recurrent cell is refused, naming the cell.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import DEFAULT_OPSET, UnsupportedSourceError
+from converters import DEFAULT_OPSET, UnsupportedSourceError, tf_fuse
 from converters import parity as parity_check
 from converters.keras_layers import UnsupportedLayerError
 from converters.parity import DEFAULT_ATOL
 from converters.result import ConversionResult
 from converters.specs import InputSpec
-from converters.tf_graph import Loaded, annotate_fused, recurrent_loops, refuse_loops, rename_io
-from converters import tf_fuse
+from converters.tf_graph import Loaded, annotate_fused, refuse_loops, rename_io
 
 
 def _feeds(loaded: Loaded, lengths: set[str]) -> dict[str, np.ndarray]:

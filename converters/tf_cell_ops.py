@@ -113,7 +113,8 @@ def _activation(loop: Loop, node: Any, want: str, cell: str) -> None:
 
 def _gate(loop: Loop, start: str, want: str, cell: str) -> tuple[str, float, list[tuple[str, np.ndarray, str]]]:
     """Walk a gate from its split output to its activation: (activated tensor, scalar adds, peepholes)."""
-    current, scalar, peepholes = start, 0.0, []
+    current, scalar = start, 0.0
+    peepholes: list[tuple[str, np.ndarray, str]] = []
     while True:
         user = _one(loop.users(current), f"gate {start} is used more than once")
         if user.op not in _ADD:
@@ -152,7 +153,7 @@ def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     split = _one([n for n in loop.users(pre) if n.op == "Split"], "no split")
     hidden = kernel.shape[1] // 4
     sig_i, add_i, peep_i = _gate(loop, _out(split, 0), "Sigmoid", layer)
-    tanh_j, add_j, peep_j = _gate(loop, _out(split, 1), "Tanh", layer)
+    _, add_j, peep_j = _gate(loop, _out(split, 1), "Tanh", layer)
     sig_f, forget, peep_f = _gate(loop, _out(split, 2), "Sigmoid", layer)
     keep, c_prev = _product_with(loop, sig_f)
     take = _one([n for n in loop.users(sig_i) if n.op == "Mul"], "sigmoid(i) unused")
@@ -179,10 +180,10 @@ def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
         raise NotACell(f"{layer}: constants added to the i, j or o gates")
     peepholes = {"i": peep_i, "f": peep_f, "o": peep_o}
     sources = {"i": c_prev, "f": c_prev, "o": new_c}
-    if any(peepholes.values()):
-        if not all(len(found) == 1 and found[0][2] == loop.skip_identity(sources[g]) and found[0][1].shape == (hidden,)
-                   for g, found in peepholes.items()):
-            raise NotACell(f"{layer}: peepholes other than w_i/w_f on c_prev and w_o on c")
+    fitting = all(len(found) == 1 and found[0][2] == loop.skip_identity(sources[g]) and found[0][1].shape == (hidden,)
+                  for g, found in peepholes.items())
+    if any(peepholes.values()) and not fitting:
+        raise NotACell(f"{layer}: peepholes other than w_i/w_f on c_prev and w_o on c")
     size = kernel.shape[0] - hidden
     wb = blocks(bias, 4, _TF1_TO_ONNX).astype(np.float32)
     wb[2 * hidden: 3 * hidden] += np.float32(forget)  # the ONNX f rows; TF adds forget_bias at run time

@@ -125,13 +125,12 @@ class _Builder:
         return name
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> onnx.NodeProto:
-        made = helper.make_node(op, inputs, outputs, name=self.name(name), **attrs)
-        self.graph.node.append(made)
-        return made
+        self.graph.node.append(helper.make_node(op, inputs, outputs, name=self.name(name), **attrs))
+        return self.graph.node[-1]
 
 
-def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[onnx.NodeProto, Any]]:
-    """Add the fused nodes for every cut loop; returns (node, cell) pairs for the annotations."""
+def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[str, Any]]:
+    """Add the fused nodes for every cut loop; returns (node name, cell) pairs for the annotations."""
     build, made = _Builder(model), []
     for rec in found.recurrences:
         lengths = ""
@@ -154,11 +153,11 @@ def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[onnx.NodeProto, Any
             if cell.op == "LSTM":
                 inputs += [initial.get("c", ""), weights.get("P", "")]
             attrs: dict[str, Any] = {"linear_before_reset": 0} if cell.op == "GRU" else {}
-            node = build.node(cell.op, [name for name in inputs], outputs, f"{base}/{cell.op}",
-                              hidden_size=cell.hidden, direction="forward", **attrs)
-            while node.input and not node.input[-1]:
-                node.input.pop()
-            made.append((node, cell))
+            while not inputs[-1]:
+                inputs.pop()
+            node = build.node(cell.op, inputs, outputs, f"{base}/{cell.op}", hidden_size=cell.hidden,
+                              direction="forward", **attrs)
+            made.append((node.name, cell))
             last = k == len(rec.cells) - 1
             current = found.replaced[rec.output] if last and rec.output in found.replaced else build.name(f"{base}/sequence")
             axes = build.constant(f"{base}/axes1", np.array([1], np.int64))
@@ -195,9 +194,11 @@ def drop_boundary(model: onnx.ModelProto, found: Cut, outputs: list[str]) -> Non
         graph.initializer.remove(init)
 
 
-def annotate(model: onnx.ModelProto, made: list[tuple[onnx.NodeProto, Any]]) -> list[dict[str, Any]]:
+def annotate(model: onnx.ModelProto, made: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     entries = []
-    for node, cell in made:
+    nodes = {node.name: node for node in model.graph.node}  # the graph's own messages, not copies
+    for name, cell in made:
+        node = nodes[name]
         entries.append(annotate_recurrent_node(
             model, node, framework="tensorflow", layer=cell.layer, variables=cell.variables,
             source_gate_order=cell.gate_order, gate_map=cell.gate_map, folded=cell.folded, notes=cell.notes))

@@ -33,7 +33,6 @@ class Loaded:
     matched: set[str] = field(default_factory=set)
     keepalive: Any = None  # the loaded SavedModel object its functions belong to
     declared: set[str] = field(default_factory=set)  # input names whose shape the user gave
-    scalars: dict[str, float] = field(default_factory=dict)  # float scalar Consts (e.g. forget_bias)
     loop_scopes: list[str] = field(default_factory=list)  # TF while-loop scopes ("sequential/gru"), for errors
 
 
@@ -170,10 +169,11 @@ def refuse_loops(model: onnx.ModelProto, loaded: Loaded, *, obstacle: str | None
         where = ", ".join(f"{node.op_type} {node.name!r}" for node in loops)
         raise UnsupportedLayerError(
             f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}"
-            + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes too) without "
-            "cell_clip/num_proj, GRUCell, BasicRNNCell, MultiRNNCell stacks of those under dynamic_rnn, Keras LSTM; "
-            "convert Keras models (or the SavedModel a TF2 graph was frozen from) with the keras converter, which "
-            "rebuilds every recurrent layer."
+            + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes, any "
+            "forget_bias; no cell_clip/num_proj), GRUCell, BasicRNNCell (default activations), MultiRNNCell stacks "
+            "of those, under dynamic_rnn or bidirectional_dynamic_rnn (control flow v1 or v2), with no wrapper "
+            "cell around them; Keras layers: convert Keras models (or the SavedModel a TF2 graph was frozen from) "
+            "with the keras converter, which rebuilds every recurrent layer."
         )
     if cells:
         raise UnsupportedLayerError(

@@ -69,7 +69,7 @@ def _input(loop: Loop, step: str) -> tuple[str, LoopVar | None]:
     if reader is not None and reader.op == "TensorListGetItem":
         inside = loop.skip_identity(data_inputs(reader)[0])
         var = next((v for v in loop.variables if v.inside == inside), None)
-        source = var and loop.outer_graph.get(node_of(var.init))
+        source = loop.outer_graph.get(node_of(var.init)) if var is not None else None
         if source is not None and source.op == "TensorListFromTensor":
             return data_inputs(source)[0], var
     if reader is not None and reader.op == "TensorArrayReadV3":

@@ -37,14 +37,33 @@ def _spec_of(name: str, shape: Any, dtype: Any) -> InputSpec:
     return InputSpec(_plain(name), dims, tf.as_dtype(dtype).name)
 
 
+def _describe(spec: InputSpec) -> str:
+    dims = ",".join("-1" if dim is None else str(dim) for dim in spec.shape)
+    return f"{spec.name}:{dims}:{spec.dtype}"
+
+
 def _override(specs: list[InputSpec], given: list[InputSpec] | None) -> list[InputSpec]:
+    """The graph's inputs with the user's specs applied; a spec that contradicts the graph names what it expects."""
     if not given:
         return specs
     by_name = {_plain(spec.name): spec for spec in given}
+    expected = ", ".join(_describe(spec) for spec in specs)
     unknown = sorted(set(by_name) - {spec.name for spec in specs})
     if unknown:
         raise UnsupportedSourceError(f"input spec names {unknown} are not inputs of the model "
-                                     f"(inputs: {[spec.name for spec in specs]})")
+                                     f"(inputs: {[spec.name for spec in specs]}; it expects {expected})")
+    for spec in specs:
+        mine = by_name.get(spec.name)
+        if mine is None:
+            continue
+        if np.dtype(mine.dtype) != np.dtype(spec.dtype):
+            raise UnsupportedSourceError(f"input {spec.name!r} is {spec.dtype} in the graph, not {mine.dtype} "
+                                         f"(--input {_describe(spec)}; the model expects {expected})")
+        if spec.shape and (len(mine.shape) != len(spec.shape) or any(
+                a is not None and b is not None and a != b for a, b in zip(mine.shape, spec.shape, strict=False))):
+            raise UnsupportedSourceError(f"input {spec.name!r} has shape {_describe(spec).split(':')[1]} in the graph "
+                                         f"(-1 = any); {_describe(mine).split(':')[1]} does not fit it "
+                                         f"(the model expects {expected})")
     return [by_name.get(spec.name, spec) for spec in specs]
 
 
@@ -131,17 +150,15 @@ def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
              for node in placeholders]
     specs = _override(specs, inputs)
     declared = {_plain(spec.name) for spec in inputs or []}
-    variables, scalars = {}, {}
+    variables = {}
     for node in pruned.node:
         if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
             value = tf.make_ndarray(node.attr["value"].tensor)
             if 1 <= value.ndim <= 2:
                 variables[node.name] = value
-            elif value.ndim == 0:
-                scalars[node.name] = float(value)
     return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [f"{name}:0" for name in output_nodes],
                   graph_def=pruned, variables=variables, op_names=[node.name for node in pruned.node],
-                  declared=declared, scalars=scalars, loop_scopes=_loop_scopes(pruned))
+                  declared=declared, loop_scopes=_loop_scopes(pruned))
 
 
 def _loop_scopes(graph_def: Any) -> list[str]:
@@ -157,6 +174,8 @@ def _checkpoint_prefix(path: Path) -> str:
         if latest is None:
             raise UnsupportedSourceError(f"directory {str(path)!r} holds no TF checkpoint")
         return latest
+    if re.search(r"\.data-\d+-of-\d+$", path.name):
+        return str(path.with_suffix(""))
     return str(path.with_suffix("")) if path.suffix in (".meta", ".index") else str(path)
 
 
@@ -164,7 +183,10 @@ def _from_checkpoint(path: Path, inputs: list[InputSpec] | None, outputs: list[s
     prefix = _checkpoint_prefix(path)
     meta = Path(prefix + ".meta")
     if not meta.is_file():
-        raise UnsupportedSourceError(f"checkpoint {prefix!r} has no .meta graph next to it ({meta.name})")
+        raise UnsupportedSourceError(
+            f"checkpoint {prefix!r} has no .meta graph next to it ({meta.name}): a checkpoint holds only variable "
+            "values, not the graph that uses them. Supply the .meta file tf.compat.v1.train.Saver().save() writes "
+            "beside it (keep write_meta_graph=True), or export the model as a SavedModel or a frozen GraphDef (.pb)")
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
         saver = tf.compat.v1.train.import_meta_graph(str(meta), clear_devices=True)
@@ -273,12 +295,16 @@ def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | No
                                      "(tf.function, SavedModel, .pb, .meta)")
     path = Path(source)
     if not path.exists():
+        if Path(f"{path}.index").is_file():  # a checkpoint prefix ("model" for model.index, model.data-*)
+            return _from_checkpoint(path, inputs, outputs)
         raise UnsupportedSourceError(f"TensorFlow source {str(path)!r} does not exist")
     if path.is_dir() and (path / "saved_model.pb").exists():
         return _from_saved_model(path, inputs, outputs)
     if path.name == "saved_model.pb":
         return _from_saved_model(path.parent, inputs, outputs)
-    if path.is_dir() or path.suffix in (".meta", ".index"):
+    if path.name == "checkpoint" and path.is_file():  # the index file a Saver keeps beside its checkpoints
+        return _from_checkpoint(path.parent, inputs, outputs)
+    if path.is_dir() or path.suffix in (".meta", ".index") or re.search(r"\.data-\d+-of-\d+$", path.name):
         return _from_checkpoint(path, inputs, outputs)
     if path.suffix == ".pb":
         graph_def = tf.compat.v1.GraphDef()

@@ -57,12 +57,21 @@ REFUSED: dict[str, Spec] = {
 }
 
 
+def options(text: str) -> dict[str, str]:
+    """``lstm:4:peep:fb=0.3`` -> {"peep": "1", "fb": "0.3"}."""
+    found = {}
+    for option in text.split(":")[2:]:
+        key, _, value = option.partition("=")
+        found[key] = value or "1"
+    return found
+
+
 def _cell(text: str, name: str) -> Any:
     import tensorflow as tf
 
     rnn = tf.compat.v1.nn.rnn_cell
-    kind, units, *options = text.split(":")
-    opts = dict(option.split("=") if "=" in option else (option, "1") for option in options)
+    kind, units = text.split(":")[:2]
+    opts = options(text)
     if kind == "basic":
         return rnn.BasicLSTMCell(int(units), name=name)
     if kind == "lstm":
@@ -128,7 +137,7 @@ def _feeds(spec: Spec, graph: Any, seed: int, batch: int) -> dict[str, np.ndarra
     rng = np.random.default_rng(seed)
     steps = STEPS if not spec.dynamic_time else 4 + seed % 3
     x = rng.standard_normal((steps, batch, FEATURES) if spec.time_major else (batch, steps, FEATURES))
-    feeds = {"x:0": x.astype(np.float32)}
+    feeds: dict[str, np.ndarray] = {"x:0": x.astype(np.float32)}
     if spec.lengths:
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
         lengths[0] = steps  # one full-length row, the others shorter
@@ -164,7 +173,7 @@ def build_one(name: str, spec: Spec, out: Path) -> None:
                     variable.load(rng.normal(size=variable.shape).astype(np.float32), session)
             values = {v.name[:-2]: session.run(v) for v in tf.compat.v1.global_variables()}
             np.savez(target / "variables.npz", **values)
-            cases = {}
+            cases: dict[str, Any] = {}
             for seed, batch in CASES:
                 feeds = _feeds(spec, graph, seed, batch)
                 results = session.run(output_names, feeds)
