@@ -79,6 +79,8 @@ def cut(graph_def: Any, outputs: list[str]) -> Cut:
     result.boundary = list(dict.fromkeys(result.replaced.get(name, name) for name in result.boundary))
     keep = [node_of(name) for name in outputs + result.boundary]
     result.graph_def = tf.compat.v1.graph_util.extract_sub_graph(result.graph_def, keep)
+    present = {f"{node.name}:0" for node in result.graph_def.node}
+    result.placeholders = [name for name in result.placeholders if name in present]  # unused finals are gone
     result.recurrences = recurrences
     nodes = {node.name: node for node in graph_def.node}
     for rec in recurrences:

@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 
+_ACCUMULATORS = {"TensorListPushBack", "StackPushV2", "StackPush"}
+
+
 def tensor(name: str) -> str:
     """``node`` -> ``node:0``; ``node:2`` stays."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:0"
@@ -90,10 +93,27 @@ class Loop:
         return found
 
     def index(self) -> None:
+        live = self._live() if self.version == 2 else None
         self.consumers = {}
         for node in self.body.values():
+            if node.op in _ACCUMULATORS or (live is not None and node.name not in live):
+                continue  # what gradients save for backprop (and the shapes they need) is not part of the cell
             for name in data_inputs(node):
                 self.consumers.setdefault(name, []).append(node)
+
+
+    def _live(self) -> set[str]:
+        """Body nodes the loop's own values need, leaving out gradient accumulators and their feeders."""
+        stack = [node_of(var.next) for var in self.variables
+                 if (step := self.body.get(node_of(var.next))) is None or step.op not in _ACCUMULATORS]
+        live: set[str] = set()
+        while stack:
+            name = stack.pop()
+            if name in live or name not in self.body:
+                continue
+            live.add(name)
+            stack += [node_of(inp) for inp in self.body[name].input]
+        return live
 
 
 def _v1_loops(graph: dict[str, Any]) -> list[Loop]:

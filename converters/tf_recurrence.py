@@ -106,6 +106,16 @@ def _counter(loop: Loop, var: LoopVar) -> bool:
         loop.constant(name) is not None for name in data_inputs(step))
 
 
+def _bookkeeping(loop: Loop, var: LoopVar) -> bool:
+    """What gradients add to a v2 loop (accumulator lists): read by nothing but its own next value and
+    unused after the loop once the graph is pruned to the model's outputs."""
+    step = loop.node(loop.skip_identity(var.next))
+    users = loop.users(var.inside)
+    if step is None or any(user is not step for user in users):
+        return False
+    return var.final is None or not any(var.final in data_inputs(node) for node in loop.outer_graph.values())
+
+
 def read(loop: Loop) -> Recurrence | None:
     """The loop as a stack of cells, or None when it is not one (UnsupportedLayerError for a cell ONNX lacks)."""
     try:
@@ -144,7 +154,7 @@ def read(loop: Loop) -> Recurrence | None:
                         raise NotACell("the output list is read more than once")
                     found.output = f"{stacks[0].name}:0" if stacks else None
                 continue
-            if not _counter(loop, var):
+            if not _counter(loop, var) and not _bookkeeping(loop, var):
                 raise NotACell(f"loop variable {var.inside} is neither a cell state nor a counter")
         if roles or len(set(lengths)) > 1:
             raise NotACell("a cell state is not a loop variable, or the lengths differ")

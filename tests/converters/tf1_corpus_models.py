@@ -49,6 +49,12 @@ CORPUS: dict[str, Spec] = {
     "bidi_multi_v2_saved": Spec(("basic:3", "gru:2"), source="saved_model", control_flow=2, bidirectional=True,
                                 dynamic_time=True),
     "gru_nolengths_v1_frozen": Spec(("gru:4",), source="frozen", lengths=False, final=False),
+    # A training graph (Adam, gradients through the loop) saved mid-training, outputs guessed by the converter.
+    "trained_lstm_v2_ckpt": Spec(("lstm:4:peep",), control_flow=2, final=False, extra={"train": True}),
+    "trained_gru_v1_ckpt": Spec(("gru:3",), final=False, extra={"train": True}),
+    # Encoder-decoder: the encoder's final LSTM state is the decoder's initial state; two inputs.
+    "seq2seq_v1_frozen": Spec(("lstm:4",), source="frozen", extra={"decoder": "basic:4"}),
+    "seq2seq_v2_saved": Spec(("gru:3",), source="saved_model", control_flow=2, extra={"decoder": "gru:3"}),
 }
 # What ONNX cannot express: refused by name (the converter's message is checked by the test).
 REFUSED: dict[str, Spec] = {
@@ -126,7 +132,17 @@ def _graph(spec: Spec) -> tuple[Any, dict[str, Any], list[str]]:
         if spec.initial:
             kwargs["initial_state"] = _state_placeholders(cell, "state")
         y, states = tf.compat.v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, time_major=spec.time_major, **kwargs)
+        if "decoder" in spec.extra:
+            x2 = holders["x2"] = tf.compat.v1.placeholder(tf.float32, [None, None, FEATURES - 1], name="x2")
+            with tf.compat.v1.variable_scope("decoder"):
+                y, states = tf.compat.v1.nn.dynamic_rnn(_cell(spec.extra["decoder"], "decoder_cell0_"
+                                                              + spec.extra["decoder"].split(":")[0]),
+                                                        x2, initial_state=states, dtype=tf.float32)
         outputs.append(tf.identity(y, name="y"))
+    if spec.extra.get("train"):
+        target = tf.compat.v1.placeholder(tf.float32, outputs[0].shape, name="target")
+        loss = tf.reduce_mean(tf.square(outputs[0] - target))
+        holders["train"] = tf.compat.v1.train.AdamOptimizer(0.01).minimize(loss)
     if spec.final:
         for k, state in enumerate(tf.nest.flatten(states)):
             outputs.append(tf.identity(state, name=f"final_{k}"))
@@ -142,6 +158,8 @@ def _feeds(spec: Spec, graph: Any, seed: int, batch: int) -> dict[str, np.ndarra
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
         lengths[0] = steps  # one full-length row, the others shorter
         feeds["lengths:0"] = lengths
+    if "decoder" in spec.extra:
+        feeds["x2:0"] = rng.standard_normal((batch, 1 + seed, FEATURES - 1)).astype(np.float32)
     for op in graph.get_operations():
         if op.type == "Placeholder" and op.name.startswith("state"):
             size = op.outputs[0].shape[1]
@@ -171,6 +189,11 @@ def build_one(name: str, spec: Spec, out: Path) -> None:
             for variable in tf.compat.v1.global_variables():  # random biases make bias checks meaningful
                 if variable.name.endswith(("bias:0", "_diag:0")):
                     variable.load(rng.normal(size=variable.shape).astype(np.float32), session)
+            train = holders.pop("train", None)
+            for seed in range(2 if train is not None else 0):
+                feeds = _feeds(spec, graph, seed, 4)
+                feeds["target:0"] = 0.5 * session.run(output_names[0], feeds)
+                session.run(train, feeds)
             values = {v.name[:-2]: session.run(v) for v in tf.compat.v1.global_variables()}
             np.savez(target / "variables.npz", **values)
             cases: dict[str, Any] = {}
@@ -193,7 +216,7 @@ def build_one(name: str, spec: Spec, out: Path) -> None:
                 source = target / "saved"
                 builder = tf.compat.v1.saved_model.Builder(str(source))
                 signature = tf.compat.v1.saved_model.predict_signature_def(
-                    {key: holder for key, holder in holders.items()} | {
+                    dict(holders) | {
                         op.name: op.outputs[0] for op in graph.get_operations()
                         if op.type == "Placeholder" and op.name.startswith("state")},
                     {key: graph.get_tensor_by_name(f"{key}:0") for key in plain_outputs})
