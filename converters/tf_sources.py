@@ -306,12 +306,18 @@ def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | No
         return _from_checkpoint(path.parent, inputs, outputs)
     if path.is_dir() or path.suffix in (".meta", ".index") or re.search(r"\.data-\d+-of-\d+$", path.name):
         return _from_checkpoint(path, inputs, outputs)
-    if path.suffix == ".pb":
+    if path.suffix in (".pb", ".pbtxt"):
         graph_def = tf.compat.v1.GraphDef()
         try:
-            graph_def.ParseFromString(path.read_bytes())
+            if path.suffix == ".pbtxt":
+                from google.protobuf import text_format
+
+                text_format.Parse(path.read_text(), graph_def)
+            else:
+                graph_def.ParseFromString(path.read_bytes())
         except Exception as exc:
-            raise UnsupportedSourceError(f"{path.name!r} is not a binary GraphDef: {exc}") from exc
+            kind = "text" if path.suffix == ".pbtxt" else "binary"
+            raise UnsupportedSourceError(f"{path.name!r} is not a {kind} GraphDef: {exc}") from exc
         return _from_graph_def(graph_def, f"frozen graph {path.name}", inputs, outputs)
     raise UnsupportedSourceError(f"{path.name!r}: not a SavedModel directory, frozen .pb or TF1 checkpoint (.meta)")
 

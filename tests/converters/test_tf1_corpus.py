@@ -229,3 +229,17 @@ def test_checkpoint_without_meta_says_what_to_supply(built: Path, tmp_path: Path
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "has no .meta graph" in done.stderr and "tf.compat.v1.train.Saver().save()" in done.stderr
     assert "SavedModel or a frozen GraphDef" in done.stderr
+
+
+def test_text_graph_def_converts(built: Path, converted: dict[str, Any], tmp_path: Path) -> None:
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    from converters import tensorflow as tf_converter
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(_source(built, "multi_lstm_v1_frozen").read_bytes())
+    (tmp_path / "model.pbtxt").write_text(text_format.MessageToString(graph_def))
+    result = tf_converter.convert(tmp_path / "model.pbtxt", opset=17)
+    assert [e["source"]["layer"] for e in result.annotations] == \
+        [e["source"]["layer"] for e in _result(converted, "multi_lstm_v1_frozen").annotations]
