@@ -73,10 +73,11 @@ def _graph_to_onnx(loaded: Loaded, *, opset: int) -> tuple[onnx.ModelProto, list
         model = onnx_graph.make_model(f"converted from {loaded.origin}")
     made = tf_fuse.splice(model, found)
     tf_fuse.drop_boundary(model, found, loaded.output_names)
+    made = tf_fuse.fold_bidirectional(model, made)
     model.ir_version = max(model.ir_version, 10)
     annotations = tf_fuse.annotate(model, made)
-    for _, cell in made:
-        loaded.matched.update(cell.variables.values())
+    for entry in annotations:
+        loaded.matched.update(entry["source"]["variables"].values())
     return model, annotations, found.length_inputs
 
 

@@ -66,7 +66,7 @@ def _one(found: list[Any], what: str) -> Any:
     return found[0]
 
 
-def _layer_of(*names: str) -> str:
+def layer_of(*names: str) -> str:
     parts = [name.split("/")[:-1] for name in names]
     common: list[str] = []
     for pieces in zip(*parts, strict=False):
@@ -149,7 +149,7 @@ def _clipped(loop: Loop, tensor: str) -> bool:
 def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     x, h_prev = _concat(loop, matmul)
     pre, bias_name, bias = _biased(loop, matmul)
-    layer = _layer_of(kernel_name, bias_name)
+    layer = layer_of(kernel_name, bias_name)
     split = _one([n for n in loop.users(pre) if n.op == "Split"], "no split")
     hidden = kernel.shape[1] // 4
     sig_i, add_i, peep_i = _gate(loop, _out(split, 0), "Sigmoid", layer)
@@ -215,7 +215,7 @@ def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[
         raise NotACell(f"{candidate.name} is not the GRU candidate")
     candidate_name, candidate_kernel = found
     c_pre, c_bias_name, c_bias = _biased(loop, candidate)
-    layer = _layer_of(kernel_name, candidate_name)
+    layer = layer_of(kernel_name, candidate_name)
     tanh = _one(loop.users(c_pre), "candidate used more than once")
     _activation(loop, tanh, "Tanh", layer)
     mixed, _ = _product_with(loop, _out(tanh))
@@ -236,7 +236,7 @@ def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[
 def rnn(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     x, h_prev = _concat(loop, matmul)
     pre, bias_name, bias = _biased(loop, matmul)
-    layer = _layer_of(kernel_name, bias_name)
+    layer = layer_of(kernel_name, bias_name)
     activation = _one(loop.users(pre), "pre-activation used more than once")
     _activation(loop, activation, "Tanh", layer)
     hidden = kernel.shape[1]

@@ -18,7 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from converters import tf_bidirectional
 from converters.annotations import annotate_recurrent_node
+from converters.tf_cell_ops import layer_of
 from converters.tf_loops import data_inputs, find_loops, node_of, tensor
 from converters.tf_recurrence import Recurrence, read
 
@@ -182,8 +184,11 @@ def drop_boundary(model: onnx.ModelProto, found: Cut, outputs: list[str]) -> Non
     kept = [value for value in model.graph.output if value.name in wanted or value.name not in found.boundary]
     del model.graph.output[:]
     model.graph.output.extend(kept)
-    _topological(model.graph)
-    graph = model.graph
+    tidy(model.graph)
+
+
+def tidy(graph: onnx.GraphProto) -> None:
+    """Drop what nothing reads any more (loop remnants, zero-state builders), then order the nodes."""
     while True:
         used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
         dead = [node for node in graph.node if not any(name in used for name in node.output)]
@@ -194,14 +199,44 @@ def drop_boundary(model: onnx.ModelProto, found: Cut, outputs: list[str]) -> Non
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)
+    _topological(graph)
+
+
+def fold_bidirectional(model: onnx.ModelProto, made: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """One bidirectional node for each forward/backward pair of single cells (tf_bidirectional)."""
+    cells = dict(made)
+    merged: list[tuple[str, Any]] = []
+    while pairs := tf_bidirectional.find_pairs(model, list(cells)):
+        forward, backward = cells.pop(pairs[0].forward.name), cells.pop(pairs[0].backward.name)
+        scope = layer_of(forward.layer, backward.layer)
+        name = f"{scope}/{forward.layer.rsplit('/', 1)[-1]}+{backward.layer.rsplit('/', 1)[-1]}/{forward.op}"
+        tf_bidirectional.merge(model, pairs[0], name)
+        merged.append((name, (forward, backward)))
+    if merged:
+        tidy(model.graph)
+    return list(cells.items()) + merged
+
+
+def _merged(cells: tuple[Any, Any]) -> dict[str, Any]:
+    """Annotation fields of a bidirectional node: variables per direction, as tf_graph does for tf2onnx's."""
+    forward, backward = cells
+    folded = dict(forward.folded) if forward.folded == backward.folded else {
+        f"{d}.{key}": value for d, cell in zip(("forward", "reverse"), cells, strict=True)
+        for key, value in cell.folded.items()}
+    return {"layer": f"{forward.layer} + {backward.layer}",
+            "variables": {f"{d}.{key}": value for d, cell in zip(("forward", "reverse"), cells, strict=True)
+                          for key, value in cell.variables.items()},
+            "source_gate_order": forward.gate_order, "gate_map": forward.gate_map, "folded": folded,
+            "notes": f"{forward.notes}; bidirectional_dynamic_rnn: forward = {forward.layer}, "
+                     f"reverse = {backward.layer} (TF's reverse_sequence of input and outputs is ONNX's reverse)"}
 
 
 def annotate(model: onnx.ModelProto, made: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     entries = []
     nodes = {node.name: node for node in model.graph.node}  # the graph's own messages, not copies
     for name, cell in made:
-        node = nodes[name]
-        entries.append(annotate_recurrent_node(
-            model, node, framework="tensorflow", layer=cell.layer, variables=cell.variables,
-            source_gate_order=cell.gate_order, gate_map=cell.gate_map, folded=cell.folded, notes=cell.notes))
+        fields = _merged(cell) if isinstance(cell, tuple) else {
+            "layer": cell.layer, "variables": cell.variables, "source_gate_order": cell.gate_order,
+            "gate_map": cell.gate_map, "folded": cell.folded, "notes": cell.notes}
+        entries.append(annotate_recurrent_node(model, nodes[name], framework="tensorflow", **fields))
     return entries

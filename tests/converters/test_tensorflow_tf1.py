@@ -122,7 +122,7 @@ def _variables(saved: Path, name: str) -> dict[str, np.ndarray]:
 
 
 FUSED = {"basic": ["LSTM"], "basic-forget-0.3": ["LSTM"], "lstm-cell": ["LSTM"], "gru": ["GRU"],
-         "multi": ["LSTM", "LSTM"], "bidirectional": ["LSTM", "LSTM"], "peepholes": ["LSTM"],
+         "multi": ["LSTM", "LSTM"], "bidirectional": ["LSTM"], "peepholes": ["LSTM"],
          "multi-peepholes": ["LSTM", "LSTM"], "multi-mixed": ["LSTM", "GRU"], "gru-stack": ["GRU", "GRU"],
          "basic-rnn": ["RNN"], "last-state": ["LSTM"]}
 
@@ -231,13 +231,13 @@ def test_named_output_is_preferred_over_by_products(converted: dict[str, Any]) -
 
 
 def test_bidirectional_rnn_maps_both_directions(converted: dict[str, Any], saved: Path) -> None:
-    """One fused node per cell: the backward one runs forward over TF's own ReverseSequence of the input."""
     variables = _variables(saved, "bidirectional")
-    nodes = gates.split_gates_arrays(converted["bidirectional"].model)["nodes"]
-    for node, scope in zip(nodes, ("fw", "bw"), strict=True):
+    (node,) = gates.split_gates_arrays(converted["bidirectional"].model)["nodes"]
+    assert [d["direction"] for d in node["directions"]] == ["forward", "reverse"]
+    for direction, scope in zip(node["directions"], ("fw", "bw"), strict=True):
         cell = f"bidirectional_rnn/{scope}/{scope}_cell"
-        assert node["source"]["variables"]["kernel"] == f"{cell}/kernel"
-        _check_lstm(node, node["directions"][0], variables[f"{cell}/kernel"], variables[f"{cell}/bias"], 1.0)
+        assert node["source"]["variables"][f"{direction['direction']}.kernel"] == f"{cell}/kernel"
+        _check_lstm(node, direction, variables[f"{cell}/kernel"], variables[f"{cell}/bias"], 1.0)
 
 
 @pytest.mark.parametrize("name", sorted(FUSED))

@@ -81,11 +81,15 @@ def test_fused_only_one_node_per_cell(converted: dict[str, Any], name: str) -> N
     result, spec = _result(converted, name), CORPUS[name]
     ops = _all_ops(result.model.graph)
     assert not {"Loop", "Scan", "If"} & set(ops)
-    cells = list(spec.cells) * (2 if spec.bidirectional else 1) + [spec.extra[key] for key in ("decoder",) if key in spec.extra]
+    # A single bidirectional cell pair is one direction="bidirectional" node; stacked pairs are a node per cell.
+    paired = spec.bidirectional and len(spec.cells) > 1
+    cells = list(spec.cells) * (2 if paired else 1) + [spec.extra[key] for key in ("decoder",) if key in spec.extra]
     want = sorted(ONNX_OP[cell.split(":")[0]] for cell in cells)
     assert sorted(op for op in ops if op in RECURRENT) == sorted(want)
     layers = [entry["source"]["layer"] for entry in result.annotations]
     assert len(layers) == len(want) == len(set(layers))
+    directions = {entry["direction"] for entry in result.annotations}
+    assert directions == ({"bidirectional"} if spec.bidirectional and not paired else {"forward"})
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -135,26 +139,32 @@ def test_gates_equal_source_variables(converted: dict[str, Any], built: Path, na
     variables = dict(np.load(built / name / "variables.npz"))
     for node in gates.split_gates_arrays(result.model)["nodes"]:
         source = node["source"]
-        kind = _cell_spec(name, source["layer"])
-        opts = options(kind)
-        forget = float(opts.get("fb", 1.0))
-        assert source["folded"] == ({"forget_bias": pytest.approx(forget)} if node["op"] == "LSTM" else {})
         assert all(value in variables for value in source["variables"].values()), source["variables"]
-        hidden = node["hidden_size"]
-        expected = _expected_gates(kind.split(":")[0], variables, source["variables"], hidden, forget)
-        (direction,) = node["directions"]
-        size = node["input_size"]
-        for gate, (kernel, bias) in expected.items():
-            got = direction["gates"][gate]
-            np.testing.assert_array_equal(got["W"], kernel[:size].T)
-            np.testing.assert_array_equal(got["R"], kernel[size:].T)
-            np.testing.assert_allclose(got["Wb"] + got["Rb"], bias, atol=1e-6)
-        if "peep" in opts:
-            for gate in ("i", "f", "o"):
-                np.testing.assert_array_equal(direction["peepholes"][gate],
-                                              variables[source["variables"][f"w_{gate}_diag"]])
-        else:
-            assert "peepholes" not in direction
+        for direction, layer in zip(node["directions"], source["layer"].split(" + "), strict=True):
+            prefix = f"{direction['direction']}." if len(node["directions"]) == 2 else ""
+            names = {key.removeprefix(prefix): value for key, value in source["variables"].items()
+                     if key.startswith(prefix)}
+            _check_direction(name, node, direction, layer, names, variables)
+
+
+def _check_direction(name: str, node: dict[str, Any], direction: dict[str, Any], layer: str, names: dict[str, str],
+                     variables: dict[str, np.ndarray]) -> None:
+    kind = _cell_spec(name, layer)
+    opts = options(kind)
+    forget = float(opts.get("fb", 1.0))
+    assert node["source"]["folded"] == ({"forget_bias": pytest.approx(forget)} if node["op"] == "LSTM" else {})
+    expected = _expected_gates(kind.split(":")[0], variables, names, node["hidden_size"], forget)
+    size = node["input_size"]
+    for gate, (kernel, bias) in expected.items():
+        got = direction["gates"][gate]
+        np.testing.assert_array_equal(got["W"], kernel[:size].T)
+        np.testing.assert_array_equal(got["R"], kernel[size:].T)
+        np.testing.assert_allclose(got["Wb"] + got["Rb"], bias, atol=1e-6)
+    if "peep" in opts:
+        for gate in ("i", "f", "o"):
+            np.testing.assert_array_equal(direction["peepholes"][gate], variables[names[f"w_{gate}_diag"]])
+    else:
+        assert "peepholes" not in direction
 
 
 def test_sequence_lengths_and_states_are_wired(converted: dict[str, Any]) -> None:

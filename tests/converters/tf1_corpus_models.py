@@ -49,6 +49,7 @@ CORPUS: dict[str, Spec] = {
     "bidi_multi_v2_saved": Spec(("basic:3", "gru:2"), source="saved_model", control_flow=2, bidirectional=True,
                                 dynamic_time=True),
     "gru_nolengths_v1_frozen": Spec(("gru:4",), source="frozen", lengths=False, final=False),
+    "bidi_rnn_nolengths_v2_ckpt": Spec(("rnn:3",), control_flow=2, bidirectional=True, lengths=False),
     # A training graph (Adam, gradients through the loop) saved mid-training, outputs guessed by the converter.
     "trained_lstm_v2_ckpt": Spec(("lstm:4:peep",), control_flow=2, final=False, extra={"train": True}),
     "trained_gru_v1_ckpt": Spec(("gru:3",), final=False, extra={"train": True}),
