@@ -188,7 +188,15 @@ def drop_boundary(model: onnx.ModelProto, found: Cut, outputs: list[str]) -> Non
 
 
 def tidy(graph: onnx.GraphProto) -> None:
-    """Drop what nothing reads any more (loop remnants, zero-state builders), then order the nodes."""
+    """Drop what nothing reads any more (loop remnants, zero-state builders, the Identity nodes tf2onnx put
+    on the extra outputs), then order the nodes."""
+    outputs = {value.name for value in graph.output}
+    bodies = any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                 for node in graph.node for attr in node.attribute)  # their outer-scope reads go by name
+    renames = {node.output[0]: node.input[0] for node in graph.node
+               if node.op_type == "Identity" and node.output[0] not in outputs and not bodies}
+    for node in graph.node:
+        node.input[:] = [_final(renames, name) for name in node.input]
     while True:
         used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
         dead = [node for node in graph.node if not any(name in used for name in node.output)]
@@ -200,6 +208,12 @@ def tidy(graph: onnx.GraphProto) -> None:
     for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)
     _topological(graph)
+
+
+def _final(renames: dict[str, str], name: str) -> str:
+    while name in renames:
+        name = renames[name]
+    return name
 
 
 def fold_bidirectional(model: onnx.ModelProto, made: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
