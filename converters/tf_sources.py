@@ -19,22 +19,12 @@ import tensorflow as tf
 from converters import UnsupportedSourceError
 from converters.specs import InputSpec
 from converters.tf_graph import Loaded
-
-# Nodes that are bookkeeping, not model outputs, when guessing a graph's outputs.
-_NOT_OUTPUTS = {"NoOp", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2", "SaveSlices", "VariableV2",
-                "VarHandleOp", "Const", "Placeholder", "PlaceholderWithDefault", "VarIsInitializedOp",
-                "IsVariableInitialized", "MergeSummary", "ScalarSummary", "HistogramSummary"}
-_BOOKKEEPING = re.compile(r"^(save(_\d+)?|gradients(_\d+)?|train|init|report_uninitialized|.*Adam|"
-                          r".*GradientDescent|.*Momentum|.*RMSProp)(/|$)")
-
-
-def _plain(name: str) -> str:
-    return re.sub(r":\d+$", "", name)
+from converters.tf_outputs import guess_outputs, plain
 
 
 def _spec_of(name: str, shape: Any, dtype: Any) -> InputSpec:
     dims = tuple(None if d is None else int(d) for d in tf.TensorShape(shape).as_list())
-    return InputSpec(_plain(name), dims, tf.as_dtype(dtype).name)
+    return InputSpec(plain(name), dims, tf.as_dtype(dtype).name)
 
 
 def _describe(spec: InputSpec) -> str:
@@ -46,7 +36,7 @@ def _override(specs: list[InputSpec], given: list[InputSpec] | None) -> list[Inp
     """The graph's inputs with the user's specs applied; a spec that contradicts the graph names what it expects."""
     if not given:
         return specs
-    by_name = {_plain(spec.name): spec for spec in given}
+    by_name = {plain(spec.name): spec for spec in given}
     expected = ", ".join(_describe(spec) for spec in specs)
     unknown = sorted(set(by_name) - {spec.name for spec in specs})
     if unknown:
@@ -67,80 +57,10 @@ def _override(specs: list[InputSpec], given: list[InputSpec] | None) -> list[Inp
     return [by_name.get(spec.name, spec) for spec in specs]
 
 
-def _is_weight(node: Any) -> bool:
-    if node.op not in ("Const", "VariableV2", "VarHandleOp"):
-        return False
-    if node.op != "Const":
-        return True
-    dims = node.attr["value"].tensor.tensor_shape.dim
-    return node.attr["dtype"].type == tf.float32.as_datatype_enum and int(np.prod([d.size for d in dims])) > 1
-
-
-def _guess_outputs(graph_def: Any) -> list[str]:
-    """Terminal nodes that compute from an input and are not a by-product of a bigger output.
-
-    dynamic_rnn leaves unconsumed final states (loop Exit nodes), zero-state constants and a saver
-    behind; an output whose ancestors all feed another output is such a by-product.
-    """
-    relevant = {node.name: node for node in graph_def.node if not _BOOKKEEPING.match(node.name)}
-    parents = {name: [re.sub(r"^\^", "", _plain(inp)) for inp in node.input] for name, node in relevant.items()}
-    consumed = {parent for names in parents.values() for parent in names}
-    ancestry: dict[str, frozenset[str]] = {}
-
-    def ancestors(name: str) -> frozenset[str]:
-        stack, seen = [name], set()
-        while stack:
-            for parent in parents.get(stack.pop(), []):
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
-        return frozenset(seen)
-
-    for name, node in relevant.items():
-        if name in consumed or node.op in _NOT_OUTPUTS or node.op == "Exit" \
-                or node.op.startswith(("Apply", "ResourceApply")):
-            continue
-        every = [p for p in ancestors(name) if p in relevant]
-        # An output computes from an input AND from weights (zero states and shape helpers do not).
-        if any(relevant[p].op == "Placeholder" for p in every) and any(_is_weight(relevant[p]) for p in every):
-            ancestry[name] = frozenset(p for p in every if relevant[p].op != "Const")
-    outputs = [name for name, found in ancestry.items()
-               if not any(found < other for key, other in ancestry.items() if key != name)]
-    if any(node.name.startswith("gradients") for node in graph_def.node):
-        outputs = _predictions(outputs, relevant, parents, ancestors) or outputs
-    named = [name for name in outputs if relevant[name].op == "Identity"]
-    outputs = named or outputs  # tf.identity(..., name=...) is how TF1 code names its outputs
-    if not outputs:
-        raise UnsupportedSourceError("cannot tell the outputs of this TensorFlow graph; name them (outputs=[...])")
-    return outputs
-
-
-def _predictions(losses: list[str], relevant: dict[str, Any], parents: dict[str, list[str]],
-                 ancestors: Any) -> list[str]:
-    """In a saved training graph the terminal node is the loss: take what it compares with the labels.
-
-    That is the last weight-dependent node before a node that also reads another placeholder (the
-    targets): ``prediction`` in ``loss = mean((prediction - target)**2)``.
-    """
-    found = []
-    for loss in losses:
-        nodes = [n for n in ancestors(loss) if n in relevant] + [loss]
-        lineage = {n: {p for p in ancestors(n) if p in relevant} | {n} for n in nodes}
-        feeds = {n: {p for p in lineage[n] if relevant[p].op == "Placeholder"} for n in nodes}
-        weighted = {n: any(_is_weight(relevant[p]) for p in lineage[n]) for n in nodes}
-        for node in nodes:
-            if relevant[node].op in ("Const", "Placeholder") or not weighted[node] or not feeds[node]:
-                continue
-            consumers = [c for c in nodes if node in parents.get(c, [])]
-            if any(feeds[c] > feeds[node] for c in consumers) and node not in found:
-                found.append(node)
-    return found
-
-
 def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
                     outputs: list[str] | None) -> Loaded:
     nodes = {node.name for node in graph_def.node}
-    output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+    output_nodes = [plain(name) for name in (outputs or guess_outputs(graph_def))]
     missing = [name for name in output_nodes if name not in nodes]
     if missing:
         raise UnsupportedSourceError(f"{origin}: no node named {missing} in the graph")
@@ -149,7 +69,7 @@ def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
     specs = [_spec_of(node.name, tf.TensorShape(node.attr["shape"].shape), node.attr["dtype"].type)
              for node in placeholders]
     specs = _override(specs, inputs)
-    declared = {_plain(spec.name) for spec in inputs or []}
+    declared = {plain(spec.name) for spec in inputs or []}
     variables = {}
     for node in pruned.node:
         if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
@@ -194,7 +114,7 @@ def _from_checkpoint(path: Path, inputs: list[InputSpec] | None, outputs: list[s
             raise UnsupportedSourceError(f"{meta.name} holds no variables to restore")
         saver.restore(session, prefix)
         graph_def = graph.as_graph_def()
-        output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+        output_nodes = [plain(name) for name in (outputs or guess_outputs(graph_def))]
         frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, output_nodes)
     return _from_graph_def(frozen, f"checkpoint {Path(prefix).name}", inputs, output_nodes)
 
@@ -211,7 +131,7 @@ def _from_function(function: Any, origin: str, inputs: list[InputSpec] | None) -
     tensor_specs = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
     wrapped = tf.function(lambda *args: function(*args), input_signature=tensor_specs)
     concrete = wrapped.get_concrete_function()
-    variables = {_plain(v.name): np.asarray(v.numpy()) for v in concrete.variables}
+    variables = {plain(v.name): np.asarray(v.numpy()) for v in concrete.variables}
     return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [], function=wrapped,
                   variables={k: v for k, v in variables.items() if 1 <= v.ndim <= 2})
 
@@ -242,7 +162,7 @@ def _from_tf1_saved_model(path: Path, meta_graph: Any, inputs: list[InputSpec] |
         graph_def = graph.as_graph_def()
         if outputs is None and key is not None:
             outputs = [info.name for _, info in sorted(signatures[key].outputs.items())]
-        output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+        output_nodes = [plain(name) for name in (outputs or guess_outputs(graph_def))]
         frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, output_nodes)
     where = f" [{key}]" if key is not None else ""
     return _from_graph_def(frozen, f"SavedModel {path.name}{where}", inputs, output_nodes)
@@ -268,7 +188,7 @@ def _from_saved_model(path: Path, inputs: list[InputSpec] | None, outputs: list[
 
     function = tf.function(call, input_signature=tensor_specs)
     result = _from_function(function, f"SavedModel {path.name} [{key}]", inputs)
-    result.variables.update({_plain(v.name): np.asarray(v.numpy()) for v in signature.variables
+    result.variables.update({plain(v.name): np.asarray(v.numpy()) for v in signature.variables
                              if 1 <= len(v.shape) <= 2})
     result.keepalive = loaded  # its functions die with it
     return result
