@@ -50,7 +50,10 @@ def _graph_to_onnx(loaded: Loaded, *, opset: int) -> tuple[onnx.ModelProto, list
     import tensorflow as tf
     from tf2onnx import optimizer, tf_loader, tfonnx
 
-    found = tf_fuse.cut(loaded.graph_def, loaded.output_names)
+    from tensorflow.python.util import deprecation
+
+    with deprecation.silence():  # extract_sub_graph's notice is about TF1 APIs we use on purpose
+        found = tf_fuse.cut(loaded.graph_def, loaded.output_names)
     graph_def = found.graph_def
     ops = {node.op for node in graph_def.node}
     if ops & {"While", "StatelessWhile", "PartitionedCall", "StatefulPartitionedCall"} \

@@ -208,6 +208,14 @@ def saved_keras_model(source: Any) -> Any | None:
 
 
 def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
+    """Read a TensorFlow source; the TF1 APIs this uses (and means to) do not print deprecation notices."""
+    from tensorflow.python.util import deprecation
+
+    with deprecation.silence():
+        return _load(source, inputs=inputs, outputs=outputs)
+
+
+def _load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
     if not isinstance(source, (str, Path)):
         if hasattr(source, "get_concrete_function"):
             return _from_function(source, getattr(source, "__name__", "tf.function"), inputs)
