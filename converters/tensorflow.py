@@ -48,9 +48,8 @@ def _feeds(loaded: Loaded, lengths: set[str]) -> dict[str, np.ndarray]:
 def _graph_to_onnx(loaded: Loaded, *, opset: int) -> tuple[onnx.ModelProto, list[dict[str, Any]], set[str]]:
     """tf2onnx over the graph with its recurrent loops cut out, fused nodes spliced back (tf_fuse)."""
     import tensorflow as tf
-    from tf2onnx import optimizer, tf_loader, tfonnx
-
     from tensorflow.python.util import deprecation
+    from tf2onnx import optimizer, tf_loader, tfonnx
 
     with deprecation.silence():  # extract_sub_graph's notice is about TF1 APIs we use on purpose
         found = tf_fuse.cut(loaded.graph_def, loaded.output_names)

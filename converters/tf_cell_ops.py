@@ -11,7 +11,7 @@ BiasAdd.  What follows says which cell it is:
 - RNN (BasicRNNCell): ``h = tanh(z)``.
 
 Names never decide anything; they only label the result (the Const a weight traces back to is the
-variable it was frozen from).  What ONNX cannot express (cell_clip, num_proj, other activations) is
+variable it was frozen from).  What ONNX cannot express (cell_clip, num_proj, activations ONNX lacks) is
 refused, naming the cell.
 """
 
@@ -32,6 +32,8 @@ TF1_GRU_ORDER = ("r", "u", "c")
 TF1_GRU_GATE_MAP = {"r": "r", "u": "z", "c": "h"}
 _TF1_TO_ONNX = (0, 3, 2, 1)  # ONNX i, o, f, c from TF's i, j, f, o column blocks
 _ADD = ("Add", "AddV2")
+# TF activation ops that ONNX LSTM/GRU/RNN take as activations (same names, default alpha/beta).
+ACTIVATIONS = ("Tanh", "Relu", "Sigmoid", "Softsign", "Softplus", "Elu")
 
 
 class NotACell(Exception):
@@ -54,6 +56,7 @@ class Cell:
     gate_order: tuple[str, ...] = ()
     gate_map: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+    activations: list[str] = field(default_factory=list)  # ONNX's f, g, h; the defaults are left out
 
 
 def _out(node: Any, index: int = 0) -> str:
@@ -106,9 +109,11 @@ def _concat(loop: Loop, matmul: Any) -> tuple[str, str]:
 
 
 def _activation(loop: Loop, node: Any, want: str, cell: str) -> None:
-    if node.op != want:
+    """``want`` is an op name, or "any" for the cell's own activation (any ONNX recurrent activation)."""
+    if node.op != want and not (want == "any" and node.op in ACTIVATIONS):
+        allowed = ", ".join(ACTIVATIONS) if want == "any" else want
         raise UnsupportedLayerError(f"TensorFlow recurrent layer {cell!r} uses {node.op} where ONNX's fused op "
-                                    f"has {want}; only the default activations fuse")
+                                    f"can only have {allowed}")
 
 
 def _gate(loop: Loop, start: str, want: str, cell: str) -> tuple[str, float, list[tuple[str, np.ndarray, str]]]:
@@ -153,7 +158,8 @@ def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     split = _one([n for n in loop.users(pre) if n.op == "Split"], "no split")
     hidden = kernel.shape[1] // 4
     sig_i, add_i, peep_i = _gate(loop, _out(split, 0), "Sigmoid", layer)
-    _, add_j, peep_j = _gate(loop, _out(split, 1), "Tanh", layer)
+    tanh_j, add_j, peep_j = _gate(loop, _out(split, 1), "any", layer)
+    activation = loop.node(tanh_j).op  # TF1 LSTM cells apply their activation to j and to the new c
     sig_f, forget, peep_f = _gate(loop, _out(split, 2), "Sigmoid", layer)
     keep, c_prev = _product_with(loop, sig_f)
     take = _one([n for n in loop.users(sig_i) if n.op == "Mul"], "sigmoid(i) unused")
@@ -165,7 +171,7 @@ def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     if _clipped(loop, new_c):
         features.append("cell_clip: TF clips the cell state, ONNX LSTM's clip bounds the gate pre-activations")
     sig_o, add_o, peep_o = _gate(loop, _out(split, 3), "Sigmoid", layer)
-    tanh_c = next((n for n in loop.users(new_c) if n.op == "Tanh"), None)
+    tanh_c = next((n for n in loop.users(new_c) if n.op == activation), None)
     new_h_node, _ = _product_with(loop, sig_o)
     new_h = _out(new_h_node)
     if any(n.op == "MatMul" and loop.constant(data_inputs(n)[1]) is not None for n in loop.users(new_h)):
@@ -175,7 +181,7 @@ def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
             f"TensorFlow recurrent layer {layer!r} ({', '.join(features)}) cannot be one fused ONNX LSTM. "
             "Rebuild it without cell_clip/num_proj (or convert with tf2onnx alone, which keeps a Loop).")
     if tanh_c is None or loop.skip_identity(_other(loop, new_h_node, sig_o)) != _out(tanh_c):
-        raise NotACell(f"{new_h_node.name} is not tanh(c) * sigmoid(o)")
+        raise NotACell(f"{new_h_node.name} is not activation(c) * sigmoid(o)")
     if add_i or add_j or add_o or peep_j:
         raise NotACell(f"{layer}: constants added to the i, j or o gates")
     peepholes = {"i": peep_i, "f": peep_f, "o": peep_o}
@@ -196,7 +202,8 @@ def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
         variables.update({f"w_{g}_diag": peepholes[g][0][0] for g in ("i", "f", "o")})
         notes += "; peepholes P = [w_i_diag, w_o_diag, w_f_diag]"
     return Cell("LSTM", layer, variables, weights, hidden, x, h_prev, new_h, c_prev, new_c,
-                {"forget_bias": round(forget, 6)}, TF1_LSTM_ORDER, dict(TF1_LSTM_GATE_MAP), notes)
+                {"forget_bias": round(forget, 6)}, TF1_LSTM_ORDER, dict(TF1_LSTM_GATE_MAP), notes,
+                ["Sigmoid", activation, activation])
 
 
 def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[Cell, Any]:
@@ -217,7 +224,7 @@ def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[
     c_pre, c_bias_name, c_bias = _biased(loop, candidate)
     layer = layer_of(kernel_name, candidate_name)
     tanh = _one(loop.users(c_pre), "candidate used more than once")
-    _activation(loop, tanh, "Tanh", layer)
+    _activation(loop, tanh, "any", layer)
     mixed, _ = _product_with(loop, _out(tanh))
     new_h = _out(_one([n for n in loop.users(_out(mixed)) if n.op in _ADD], "no new h"))
     size = kernel.shape[0] - hidden
@@ -229,8 +236,8 @@ def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[
     variables = {"gates/kernel": kernel_name, "gates/bias": bias_name, "candidate/kernel": candidate_name,
                  "candidate/bias": c_bias_name}
     return Cell("GRU", layer, variables, weights, hidden, x, h_prev, new_h, gate_order=TF1_GRU_ORDER,
-                gate_map=dict(TF1_GRU_GATE_MAP),
-                notes="TF1 GRUCell: gates/kernel holds r then u; linear_before_reset=0"), candidate
+                gate_map=dict(TF1_GRU_GATE_MAP), notes="TF1 GRUCell: gates/kernel holds r then u; linear_before_reset=0",
+                activations=["Sigmoid", tanh.op]), candidate
 
 
 def rnn(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
@@ -238,12 +245,13 @@ def rnn(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     pre, bias_name, bias = _biased(loop, matmul)
     layer = layer_of(kernel_name, bias_name)
     activation = _one(loop.users(pre), "pre-activation used more than once")
-    _activation(loop, activation, "Tanh", layer)
+    _activation(loop, activation, "any", layer)
     hidden = kernel.shape[1]
     size = kernel.shape[0] - hidden
     weights = {"W": kernel[:size].T, "R": kernel[size:].T, "B": np.concatenate([bias, np.zeros(hidden, np.float32)])}
     return Cell("RNN", layer, {"kernel": kernel_name, "bias": bias_name}, weights, hidden, x, h_prev,
-                _out(activation), gate_order=("i",), gate_map={"i": "i"}, notes="TF1 BasicRNNCell")
+                _out(activation), gate_order=("i",), gate_map={"i": "i"}, notes="TF1 BasicRNNCell",
+                activations=[activation.op])
 
 
 def find_cells(loop: Loop) -> list[Cell]:
@@ -257,11 +265,12 @@ def find_cells(loop: Loop) -> list[Cell]:
         if found is not None and found[1].ndim == 2:
             matmuls.append((node, *found))
     for node, name, kernel in matmuls:  # LSTMs and GRUs first: a GRU's candidate looks like a BasicRNNCell
-        users = [loop.users(pre)[0].op for pre in [_biased(loop, node)[0]] if loop.users(pre)]
-        if users == ["Split"] and kernel.shape[1] % 4 == 0:
+        after = loop.users(_biased(loop, node)[0])
+        then = [n.op for n in loop.users(_out(after[0]))] if len(after) == 1 else []
+        if [n.op for n in after] == ["Split"] and kernel.shape[1] % 4 == 0:
             cells.append(lstm(loop, node, name, kernel))
             taken.add(node.name)
-        elif users == ["Sigmoid"] and kernel.shape[1] % 2 == 0:
+        elif [n.op for n in after] == ["Sigmoid"] and then == ["Split"] and kernel.shape[1] % 2 == 0:
             cell, candidate = gru(loop, node, name, kernel)
             cells.append(cell)
             taken |= {node.name, candidate.name}

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from converters import tf_bidirectional
-from converters.annotations import annotate_recurrent_node
+from converters.annotations import DEFAULT_ACTIVATIONS, annotate_recurrent_node
 from converters.tf_cell_ops import layer_of
 from converters.tf_loops import data_inputs, find_loops, node_of, tensor
 from converters.tf_recurrence import Recurrence, read
@@ -157,6 +157,8 @@ def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[str, Any]]:
             if cell.op == "LSTM":
                 inputs += [initial.get("c", ""), weights.get("P", "")]
             attrs: dict[str, Any] = {"linear_before_reset": 0} if cell.op == "GRU" else {}
+            if cell.activations != list(DEFAULT_ACTIVATIONS[cell.op]):
+                attrs["activations"] = cell.activations
             while not inputs[-1]:
                 inputs.pop()
             node = build.node(cell.op, inputs, outputs, f"{base}/{cell.op}", hidden_size=cell.hidden,

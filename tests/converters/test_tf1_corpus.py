@@ -253,3 +253,17 @@ def test_text_graph_def_converts(built: Path, converted: dict[str, Any], tmp_pat
     result = tf_converter.convert(tmp_path / "model.pbtxt", opset=17)
     assert [e["source"]["layer"] for e in result.annotations] == \
         [e["source"]["layer"] for e in _result(converted, "multi_lstm_v1_frozen").annotations]
+
+
+def test_cell_activations_become_the_node_activations(converted: dict[str, Any]) -> None:
+    from converters.reference import intermediates, run_reference
+
+    result = _result(converted, "activations_v1_frozen")
+    found = {entry["op"]: entry["activations"] for entry in result.annotations}
+    assert found == {"LSTM": ["Sigmoid", "Softsign", "Softsign"], "RNN": ["Relu"], "GRU": ["Sigmoid", "Elu"]}
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 6, FEATURES)).astype(np.float32),
+             "lengths": np.array([6, 3], np.int32)}
+    reference = run_reference(result.model, feeds)  # the numpy reference the gates view and JS runner follow
+    actual = intermediates(result.model, feeds, sorted(reference))
+    for tensor, value in reference.items():
+        np.testing.assert_allclose(actual[tensor], value, atol=1e-5, err_msg=tensor)

@@ -50,6 +50,8 @@ CORPUS: dict[str, Spec] = {
                                 dynamic_time=True),
     "gru_nolengths_v1_frozen": Spec(("gru:4",), source="frozen", lengths=False, final=False),
     "bidi_rnn_nolengths_v2_ckpt": Spec(("rnn:3",), control_flow=2, bidirectional=True, lengths=False),
+    # Cell activations other than tanh become the fused node's activations attribute.
+    "activations_v1_frozen": Spec(("basic:4:act=softsign", "rnn:3:act=relu", "gru:2:act=elu"), source="frozen"),
     # A training graph (Adam, gradients through the loop) saved mid-training, outputs guessed by the converter.
     "trained_lstm_v2_ckpt": Spec(("lstm:4:peep",), control_flow=2, final=False, extra={"train": True}),
     "trained_gru_v1_ckpt": Spec(("gru:3",), final=False, extra={"train": True}),
@@ -79,15 +81,16 @@ def _cell(text: str, name: str) -> Any:
     rnn = tf.compat.v1.nn.rnn_cell
     kind, units = text.split(":")[:2]
     opts = options(text)
+    activation = {"softsign": tf.nn.softsign, "relu": tf.nn.relu, "elu": tf.nn.elu}.get(opts.get("act", ""))
     if kind == "basic":
-        return rnn.BasicLSTMCell(int(units), name=name)
+        return rnn.BasicLSTMCell(int(units), activation=activation, name=name)
     if kind == "lstm":
         return rnn.LSTMCell(int(units), use_peepholes="peep" in opts, forget_bias=float(opts.get("fb", 1.0)),
                             cell_clip=float(opts["clip"]) if "clip" in opts else None,
                             num_proj=int(opts["proj"]) if "proj" in opts else None, name=name)
     if kind == "gru":
-        return rnn.GRUCell(int(units), name=name)
-    return rnn.BasicRNNCell(int(units), name=name)
+        return rnn.GRUCell(int(units), activation=activation, name=name)
+    return rnn.BasicRNNCell(int(units), activation=activation, name=name)
 
 
 def _stack(spec: Spec, prefix: str) -> Any:
