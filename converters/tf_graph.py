@@ -170,9 +170,9 @@ def refuse_loops(model: onnx.ModelProto, loaded: Loaded, *, obstacle: str | None
         raise UnsupportedLayerError(
             f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}"
             + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes, any "
-            "forget_bias; no cell_clip/num_proj), GRUCell, BasicRNNCell (default activations), MultiRNNCell stacks "
-            "of those, under dynamic_rnn or bidirectional_dynamic_rnn (control flow v1 or v2), with no wrapper "
-            "cell around them; Keras layers: convert Keras models (or the SavedModel a TF2 graph was frozen from) "
+            "forget_bias; no cell_clip/num_proj), GRUCell, BasicRNNCell, MultiRNNCell stacks of those, under "
+            "dynamic_rnn or bidirectional_dynamic_rnn (control flow v1 or v2) at the top level of the graph (not "
+            "inside another loop), with no wrapper cell around them; Keras layers: convert Keras models (or the SavedModel a TF2 graph was frozen from) "
             "with the keras converter, which rebuilds every recurrent layer."
         )
     if cells:

@@ -100,7 +100,6 @@ class Loop:
             for name in data_inputs(node):
                 self.consumers.setdefault(name, []).append(node)
 
-
     def _live(self) -> set[str]:
         """Body nodes the loop's own values need, leaving out gradient accumulators and their feeders."""
         stack = [node_of(var.next) for var in self.variables
@@ -115,6 +114,26 @@ class Loop:
         return live
 
 
+def _in_frames(frames: dict[str, list[Any]], consumers: dict[str, list[Any]]) -> dict[str, set[str]]:
+    """Per v1 frame, the nodes inside it: downstream of its Enter nodes until an Exit leaves it (inner
+    frames' Enter/Exit pairs count in and out)."""
+    inside = {}
+    for frame, enters in frames.items():
+        seen: set[str] = set()
+        stack = [(enter.name, 0) for enter in enters]
+        while stack:
+            name, depth = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for user in consumers.get(name, []):
+                if user.op == "Exit" and depth == 0:
+                    continue
+                stack.append((user.name, depth + (user.op == "Enter") - (user.op == "Exit")))
+        inside[frame] = seen
+    return inside
+
+
 def _v1_loops(graph: dict[str, Any]) -> list[Loop]:
     frames: dict[str, list[Any]] = {}
     for node in graph.values():
@@ -125,7 +144,10 @@ def _v1_loops(graph: dict[str, Any]) -> list[Loop]:
         for name in data_inputs(node):
             consumers.setdefault(node_of(name), []).append(node)
     loops = []
+    nested = _in_frames(frames, consumers)
     for frame, enters in frames.items():
+        if any(node_of(data_inputs(enter)[0]) in nested[other] for enter in enters for other in frames if other != frame):
+            continue  # a loop inside another loop's body: cutting it would tear the outer frame apart
         loop = Loop(frame.removesuffix("/while_context"), 1, graph, graph, [])
         for enter in enters:
             if enter.attr["is_constant"].b:
