@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters import DEFAULT_OPSET, UnsupportedSourceError, tf_fuse
+from converters import DEFAULT_OPSET, UnsupportedSourceError, tf_fuse, tf_recurrence
 from converters import parity as parity_check
 from converters.keras_layers import UnsupportedLayerError
 from converters.parity import DEFAULT_ATOL
@@ -53,6 +53,12 @@ def _graph_to_onnx(loaded: Loaded, *, opset: int) -> tuple[onnx.ModelProto, list
 
     with deprecation.silence():  # extract_sub_graph's notice is about TF1 APIs we use on purpose
         found = tf_fuse.cut(loaded.graph_def, loaded.output_names)
+    stepped = tf_recurrence.unrolled(found.graph_def)
+    if stepped:
+        raise UnsupportedLayerError(
+            f"TensorFlow recurrent layer {', '.join(map(repr, stepped))} is computed step by step in the graph "
+            "(static_rnn, or a Python loop over the cell), which would convert to an unrolled model with no fused "
+            "LSTM/GRU/RNN. Build it with tf.compat.v1.nn.dynamic_rnn (or bidirectional_dynamic_rnn) instead.")
     graph_def = found.graph_def
     ops = {node.op for node in graph_def.node}
     if ops & {"While", "StatelessWhile", "PartitionedCall", "StatefulPartitionedCall"} \

@@ -254,9 +254,14 @@ def rnn(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
                 activations=[activation.op])
 
 
-def find_cells(loop: Loop) -> list[Cell]:
-    """Every cell in the loop body, in no particular order (NotACell when a MatMul is not one)."""
-    cells, taken = [], set()
+def find_cells(loop: Loop, *, lenient: bool = False) -> list[Cell]:
+    """Every cell in the loop body, in no particular order.
+
+    NotACell when a MatMul on a constant kernel is not a cell, unless ``lenient`` (a whole graph, where
+    dense layers are MatMuls too: those are skipped).
+    """
+    cells: list[Cell] = []
+    taken: set[str] = set()
     matmuls = []
     for node in loop.body.values():
         if node.op != "MatMul" or node.attr["transpose_a"].b or node.attr["transpose_b"].b:
@@ -265,16 +270,25 @@ def find_cells(loop: Loop) -> list[Cell]:
         if found is not None and found[1].ndim == 2:
             matmuls.append((node, *found))
     for node, name, kernel in matmuls:  # LSTMs and GRUs first: a GRU's candidate looks like a BasicRNNCell
-        after = loop.users(_biased(loop, node)[0])
-        then = [n.op for n in loop.users(_out(after[0]))] if len(after) == 1 else []
-        if [n.op for n in after] == ["Split"] and kernel.shape[1] % 4 == 0:
-            cells.append(lstm(loop, node, name, kernel))
+        try:
+            after = loop.users(_biased(loop, node)[0])
+            then = [n.op for n in loop.users(_out(after[0]))] if len(after) == 1 else []
+            if [n.op for n in after] == ["Split"] and kernel.shape[1] % 4 == 0:
+                cells.append(lstm(loop, node, name, kernel))
+                taken.add(node.name)
+            elif [n.op for n in after] == ["Sigmoid"] and then == ["Split"] and kernel.shape[1] % 2 == 0:
+                cell, candidate = gru(loop, node, name, kernel)
+                cells.append(cell)
+                taken |= {node.name, candidate.name}
+        except NotACell:
+            if not lenient:
+                raise
             taken.add(node.name)
-        elif [n.op for n in after] == ["Sigmoid"] and then == ["Split"] and kernel.shape[1] % 2 == 0:
-            cell, candidate = gru(loop, node, name, kernel)
-            cells.append(cell)
-            taken |= {node.name, candidate.name}
     for node, name, kernel in matmuls:
         if node.name not in taken:
-            cells.append(rnn(loop, node, name, kernel))
+            try:
+                cells.append(rnn(loop, node, name, kernel))
+            except NotACell:
+                if not lenient:
+                    raise
     return cells

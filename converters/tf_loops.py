@@ -141,14 +141,15 @@ def _v1_loops(graph: dict[str, Any]) -> list[Loop]:
             frames.setdefault(node.attr["frame_name"].s.decode(), []).append(node)
     consumers: dict[str, list[Any]] = {}
     for node in graph.values():
-        for name in data_inputs(node):
+        for name in node.input:  # control inputs too: a loop's constants hang off its pivot that way
             consumers.setdefault(node_of(name), []).append(node)
     loops = []
     nested = _in_frames(frames, consumers)
     for frame, enters in frames.items():
         if any(node_of(data_inputs(enter)[0]) in nested[other] for enter in enters for other in frames if other != frame):
             continue  # a loop inside another loop's body: cutting it would tear the outer frame apart
-        loop = Loop(frame.removesuffix("/while_context"), 1, graph, graph, [])
+        body = {name: graph[name] for name in nested[frame]}
+        loop = Loop(frame.removesuffix("/while_context"), 1, body, graph, [])
         for enter in enters:
             if enter.attr["is_constant"].b:
                 loop.invariants[f"{enter.name}:0"] = data_inputs(enter)[0]
@@ -188,6 +189,22 @@ def _v2_loop(node: Any, graph: dict[str, Any], functions: dict[str, Any]) -> Loo
             loop.invariants[inside] = init
     loop.index()
     return loop
+
+
+def top_level(graph_def: Any) -> Loop:
+    """The graph outside every v1 loop frame, viewed as a loop body with no variables (for unrolled cells)."""
+    graph = {node.name: node for node in graph_def.node}
+    frames: dict[str, list[Any]] = {}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.values():
+        if node.op == "Enter":
+            frames.setdefault(node.attr["frame_name"].s.decode(), []).append(node)
+        for name in node.input:
+            consumers.setdefault(node_of(name), []).append(node)
+    framed = set().union(*_in_frames(frames, consumers).values())
+    view = Loop("graph", 1, {name: node for name, node in graph.items() if name not in framed}, graph, [])
+    view.index()
+    return view
 
 
 def find_loops(graph_def: Any) -> list[Loop]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from converters.tf_cell_ops import Cell, NotACell, find_cells
-from converters.tf_loops import Loop, LoopVar, data_inputs, node_of
+from converters.tf_loops import Loop, LoopVar, data_inputs, node_of, top_level
 
 _SELECT = ("Select", "SelectV2")
 
@@ -104,6 +104,11 @@ def _counter(loop: Loop, var: LoopVar) -> bool:
     return step is not None and step.op in ("Add", "AddV2") and any(
         loop.skip_identity(name) == loop.skip_identity(var.inside) for name in data_inputs(step)) and any(
         loop.constant(name) is not None for name in data_inputs(step))
+
+
+def unrolled(graph_def: Any) -> list[str]:
+    """Cells computed outside any loop, step after step (static_rnn): their layers."""
+    return sorted({cell.layer for cell in find_cells(top_level(graph_def), lenient=True)})
 
 
 def _bookkeeping(loop: Loop, var: LoopVar) -> bool:

@@ -184,7 +184,8 @@ def test_sequence_lengths_and_states_are_wired(converted: dict[str, Any]) -> Non
 
 @pytest.mark.parametrize(("name", "message"), [
     ("lstm_cell_clip_v1_ckpt", r"'rnn/cell0_lstm' \(cell_clip: TF clips the cell state"),
-    ("lstm_num_proj_v2_ckpt", r"'rnn/cell0_lstm' \(num_proj: the projected output feeds the recurrence")])
+    ("lstm_num_proj_v2_ckpt", r"'rnn/cell0_lstm' \(num_proj: the projected output feeds the recurrence"),
+    ("static_gru_v2_frozen", r"'rnn/encoder_cell0_gru' is computed step by step in the graph \(static_rnn")])
 def test_what_onnx_cannot_express_is_refused_by_name(built: Path, name: str, message: str) -> None:
     from converters import tensorflow as tf_converter
 

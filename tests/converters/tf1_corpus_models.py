@@ -36,7 +36,7 @@ class Spec:
 
 CORPUS: dict[str, Spec] = {
     "basic_lstm_v1_ckpt": Spec(("basic:5",)),
-    "peephole_lstm_fb1_v1_ckpt": Spec(("lstm:4:peep:fb=1.0",)),
+    "peephole_lstm_fb1_v1_ckpt": Spec(("lstm:4:peep:fb=1.0",), extra={"readout": 2}),  # + a dense layer per step
     "basic_lstm_v2_frozen": Spec(("basic:4",), source="frozen", control_flow=2),
     "lstm_fb0_initial_tm_v2_ckpt": Spec(("lstm:4:fb=0.0",), control_flow=2, time_major=True, initial=True),
     "gru_initial_v1_saved": Spec(("gru:4",), source="saved_model", initial=True, dynamic_time=True),
@@ -63,6 +63,8 @@ CORPUS: dict[str, Spec] = {
 REFUSED: dict[str, Spec] = {
     "lstm_cell_clip_v1_ckpt": Spec(("lstm:4:clip=1.5",)),
     "lstm_num_proj_v2_ckpt": Spec(("lstm:4:proj=2",), control_flow=2),
+    # static_rnn: the cell is repeated in the graph, found by what it computes (its name says nothing).
+    "static_gru_v2_frozen": Spec(("gru:3",), source="frozen", control_flow=2, lengths=False, extra={"static": True}),
 }
 
 
@@ -130,6 +132,9 @@ def _graph(spec: Spec) -> tuple[Any, dict[str, Any], list[str]]:
         (out_fw, out_bw), states = tf.compat.v1.nn.bidirectional_dynamic_rnn(
             fw, bw, x, sequence_length=lengths, time_major=spec.time_major, **kwargs)
         outputs.append(tf.identity(tf.concat([out_fw, out_bw], -1), name="y"))
+    elif spec.extra.get("static"):
+        steps, states = tf.compat.v1.nn.static_rnn(_stack(spec, "encoder_"), tf.unstack(x, axis=1), dtype=tf.float32)
+        outputs.append(tf.identity(tf.stack(steps, axis=1), name="y"))
     else:
         cell = _stack(spec, "")
         kwargs = {"dtype": tf.float32}
@@ -142,6 +147,10 @@ def _graph(spec: Spec) -> tuple[Any, dict[str, Any], list[str]]:
                 y, states = tf.compat.v1.nn.dynamic_rnn(_cell(spec.extra["decoder"], "decoder_cell0_"
                                                               + spec.extra["decoder"].split(":")[0]),
                                                         x2, initial_state=states, dtype=tf.float32)
+        if "readout" in spec.extra:
+            with tf.compat.v1.variable_scope("readout"):
+                kernel = tf.compat.v1.get_variable("kernel", [y.shape[-1], spec.extra["readout"]])
+                y = tf.tensordot(y, kernel, axes=1) + tf.compat.v1.get_variable("bias", [spec.extra["readout"]])
         outputs.append(tf.identity(y, name="y"))
     if spec.extra.get("train"):
         target = tf.compat.v1.placeholder(tf.float32, outputs[0].shape, name="target")
