@@ -32,10 +32,14 @@ from converters.tf_graph import Loaded, annotate_fused, refuse_loops, rename_io
 
 def _feeds(loaded: Loaded, lengths: set[str]) -> dict[str, np.ndarray]:
     feeds = parity_check.random_feeds(loaded.specs, seed=0, dynamic=3)
-    # Sequence lengths must lie in [1, time steps]: the shortest leading dimension of a 3-D float input is a
-    # safe bound whether the model is batch- or time-major.
-    sequences = [value.shape[:2] for value in feeds.values() if value.ndim == 3 and value.dtype.kind == "f"]
-    bound = min((min(shape) for shape in sequences), default=1)
+    # Sequence lengths must lie in [1, time steps]. A 3-D float input with one static leading dimension has
+    # that as its time axis (the batch is the dynamic one); otherwise the shorter leading dimension is safe.
+    bounds = []
+    for spec in loaded.specs:
+        if len(spec.shape) == 3 and feeds[spec.name].dtype.kind == "f":
+            static = [dim for dim in spec.shape[:2] if dim is not None]
+            bounds.append(static[0] if len(static) == 1 else min(feeds[spec.name].shape[:2]))
+    bound = min(bounds, default=1)
     rng = np.random.default_rng(1)
     for name in lengths:
         if name in feeds:
