@@ -23,6 +23,7 @@ from converters.annotations import DEFAULT_ACTIVATIONS, annotate_recurrent_node
 from converters.tf_cell_ops import layer_of
 from converters.tf_loops import data_inputs, find_loops, node_of, tensor
 from converters.tf_recurrence import Recurrence, read
+from converters.weights import NotConstantError, resolve
 
 
 @dataclass
@@ -141,7 +142,7 @@ def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[str, Any]]:
         if rec.lengths:
             lengths = build.name(f"{rec.lengths}/int32")
             build.node("Cast", [rec.lengths], [lengths], f"{rec.loop.name}/lengths", to=onnx.TensorProto.INT32)
-        current = rec.x
+        current, empty = rec.x, ""
         for k, cell in enumerate(rec.cells):
             base = cell.layer
             weights = {key: build.constant(f"{base}/{key}", value[None].astype(np.float32))
@@ -170,14 +171,43 @@ def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[str, Any]]:
             build.node("Squeeze", [outputs[0], axes], [current], f"{base}/squeeze_directions")
             for role, state in states.items():
                 if state.final in found.replaced:
+                    target = found.replaced[state.final]
+                    kept = bool(lengths) and not _zero(model, state.init)
+                    squeezed = build.name(f"{base}/final_{role}_computed") if kept else target
                     axes = build.constant(f"{base}/axes0", np.array([0], np.int64))
-                    build.node("Squeeze", [outputs[1 if role == "h" else 2], axes], [found.replaced[state.final]],
-                               f"{base}/final_{role}")
+                    build.node("Squeeze", [outputs[1 if role == "h" else 2], axes], [squeezed], f"{base}/final_{role}")
+                    if kept:  # a row of length 0 keeps its initial state in TF; ONNX's Y_h is 0 there
+                        empty = empty or _empty_rows(build, lengths, base)
+                        build.node("Where", [empty, state.init, squeezed], [target], f"{base}/final_{role}_kept")
     placeholders = set(found.placeholders)
     inputs = [value for value in model.graph.input if value.name not in placeholders]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
     return made
+
+
+def _zero(model: onnx.ModelProto, name: str) -> bool:
+    """A constant zero tensor, or zeros expanded to a shape (dynamic_rnn's zero_state)."""
+    producer = next((node for node in model.graph.node if name in node.output), None)
+    try:
+        if producer is not None and producer.op_type in ("Expand", "Tile", "Identity"):
+            return _zero(model, producer.input[0])
+        if producer is not None and producer.op_type == "ConstantOfShape":
+            value = next((a.t for a in producer.attribute if a.name == "value"), None)
+            return value is None or not np.any(numpy_helper.to_array(value))
+        return not np.any(resolve(model, name))
+    except NotConstantError:
+        return False
+
+
+def _empty_rows(build: _Builder, lengths: str, base: str) -> str:
+    """[B, 1] booleans: which sequences have length 0."""
+    zero = build.constant(f"{base}/zero_length", np.array(0, np.int32))
+    axes = build.constant(f"{base}/axes1", np.array([1], np.int64))
+    equal, empty = build.name(f"{base}/length_is_0"), build.name(f"{base}/empty_rows")
+    build.node("Equal", [lengths, zero], [equal], f"{base}/length_is_0")
+    build.node("Unsqueeze", [equal, axes], [empty], f"{base}/empty_rows")
+    return empty
 
 
 def drop_boundary(model: onnx.ModelProto, found: Cut, outputs: list[str]) -> None:

@@ -1,8 +1,8 @@
 """The TF1 recurrent corpus (tf1_corpus_models.CORPUS): every model fused, proven and annotated.
 
 Each model is built (one subprocess for all: TF1 cells need TF_USE_LEGACY_KERAS=1 before TensorFlow is
-imported) with TF's outputs on batches of 1, 3 and 5 sequences of different lengths, then converted
-here from its checkpoint, SavedModel or frozen GraphDef.  Each must give: fused ops only (no Loop or
+imported) with TF's outputs on batches of 1, 3, 5 and 2 sequences of different lengths (one of length 0),
+then converted here from its checkpoint, SavedModel or frozen GraphDef.  Each must give: fused ops only (no Loop or
 Scan anywhere, subgraphs included), one fused node per cell, every output equal to TensorFlow's at
 1e-4 on every batch, and per-gate blocks (converters.gates) equal to the cell's own variables.
 """

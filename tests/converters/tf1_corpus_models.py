@@ -170,6 +170,8 @@ def _feeds(spec: Spec, graph: Any, seed: int, batch: int) -> dict[str, np.ndarra
     if spec.lengths:
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int32)
         lengths[0] = steps  # one full-length row, the others shorter
+        if seed == 3:
+            lengths[-1] = 0  # an empty sequence: zero outputs, final state = initial state
         feeds["lengths:0"] = lengths
     if "decoder" in spec.extra:
         feeds["x2:0"] = rng.standard_normal((batch, 1 + seed, FEATURES - 1)).astype(np.float32)
@@ -180,7 +182,7 @@ def _feeds(spec: Spec, graph: Any, seed: int, batch: int) -> dict[str, np.ndarra
     return feeds
 
 
-CASES = ((0, 1), (1, 3), (2, 5))  # (seed, batch size)
+CASES = ((0, 1), (1, 3), (2, 5), (3, 2))  # (seed, batch size)
 
 
 def build_one(name: str, spec: Spec, out: Path) -> None:
