@@ -46,6 +46,7 @@ CORPUS: dict[str, Spec] = {
     "bidi_lstm_v1_ckpt": Spec(("lstm:3:peep",), bidirectional=True),
     "bidi_gru_tm_v2_frozen": Spec(("gru:3",), source="frozen", control_flow=2, bidirectional=True, time_major=True,
                                   initial=True),
+    "bidi_layers_v1_ckpt": Spec(("lstm:3:peep", "gru:2"), bidirectional=True, extra={"layers": 2}),
     "bidi_multi_v2_saved": Spec(("basic:3", "gru:2"), source="saved_model", control_flow=2, bidirectional=True,
                                 dynamic_time=True),
     "gru_nolengths_v1_frozen": Spec(("gru:4",), source="frozen", lengths=False, final=False),
@@ -123,7 +124,18 @@ def _graph(spec: Spec) -> tuple[Any, dict[str, Any], list[str]]:
     if spec.lengths:
         lengths = holders["lengths"] = tf.compat.v1.placeholder(tf.int32, [None], name="lengths")
     outputs = []
-    if spec.bidirectional:
+    if spec.extra.get("layers"):  # bidirectional layers stacked: each reads both directions of the one below
+        layer_input, states = x, []
+        for k, text in enumerate(spec.cells):
+            kind = text.split(":")[0]
+            with tf.compat.v1.variable_scope(f"layer{k}"):
+                (out_fw, out_bw), found = tf.compat.v1.nn.bidirectional_dynamic_rnn(
+                    _cell(text, f"fw_cell{k}_{kind}"), _cell(text, f"bw_cell{k}_{kind}"), layer_input,
+                    sequence_length=lengths, time_major=spec.time_major, dtype=tf.float32)
+            layer_input = tf.concat([out_fw, out_bw], -1)
+            states.append(found)
+        outputs.append(tf.identity(layer_input, name="y"))
+    elif spec.bidirectional:
         fw, bw = _stack(spec, "fw_"), _stack(spec, "bw_")
         kwargs: dict[str, Any] = {"dtype": tf.float32}
         if spec.initial:
