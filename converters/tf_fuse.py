@@ -150,6 +150,8 @@ def splice(model: onnx.ModelProto, found: Cut) -> list[tuple[str, Any]]:
             initial = {}
             states = {s.role: s for s in rec.states if s.cell == k}
             for role, state in states.items():
+                if _zero(model, state.init):
+                    continue  # dynamic_rnn's zero_state: ONNX's default initial state is zeros too
                 initial[role] = build.name(f"{state.init}/initial")
                 axes = build.constant(f"{base}/axes0", np.array([0], np.int64))
                 build.node("Unsqueeze", [state.init, axes], [initial[role]], f"{base}/initial_{role}")
