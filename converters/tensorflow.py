@@ -153,10 +153,10 @@ def convert(
     import tensorflow as tf
     import tf2onnx
 
+    how = "from_function" if loaded.function is not None else "process_tf_graph; recurrent loops fused by modelbridge"
     parity_check.set_metadata(proto.metadata_props, "modelbridge.source", json.dumps({
         "framework": "tensorflow", "version": tf.__version__, "source": loaded.origin,
-        "exporter": f"tf2onnx {tf2onnx.__version__} (" + ("from_function" if loaded.function is not None
-                                                          else "process_tf_graph, no grappler") + ")"}))
+        "exporter": f"tf2onnx {tf2onnx.__version__} ({how})"}))
     return ConversionResult(proto, report, annotations)
 
 
