@@ -17,6 +17,7 @@ refused, naming the cell.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,14 @@ def _one(found: list[Any], what: str) -> Any:
     if len(found) != 1:
         raise NotACell(what)
     return found[0]
+
+
+def _layer(loop: Loop, matmul: Any, *names: str) -> str:
+    """The cell's scope: its variables' common prefix, or where their names were lost in freezing (a lowered
+    tf.function's captures are named after the loop's inputs) the scope of its MatMul."""
+    if all(name.endswith(("kernel", "bias", "weights", "biases")) for name in names):
+        return layer_of(*names)
+    return re.sub(r"^.*/body/_\d+/", "", matmul.name.rsplit("/", 1)[0])
 
 
 def layer_of(*names: str) -> str:
@@ -154,7 +163,7 @@ def _clipped(loop: Loop, tensor: str) -> bool:
 def lstm(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     x, h_prev = _concat(loop, matmul)
     pre, bias_name, bias = _biased(loop, matmul)
-    layer = layer_of(kernel_name, bias_name)
+    layer = _layer(loop, matmul, kernel_name, bias_name)
     split = _one([n for n in loop.users(pre) if n.op == "Split"], "no split")
     hidden = kernel.shape[1] // 4
     sig_i, add_i, peep_i = _gate(loop, _out(split, 0), "Sigmoid", layer)
@@ -222,7 +231,7 @@ def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[
         raise NotACell(f"{candidate.name} is not the GRU candidate")
     candidate_name, candidate_kernel = found
     c_pre, c_bias_name, c_bias = _biased(loop, candidate)
-    layer = layer_of(kernel_name, candidate_name)
+    layer = _layer(loop, matmul, kernel_name, candidate_name)
     tanh = _one(loop.users(c_pre), "candidate used more than once")
     _activation(loop, tanh, "any", layer)
     mixed, _ = _product_with(loop, _out(tanh))
@@ -243,7 +252,7 @@ def gru(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> tuple[
 def rnn(loop: Loop, matmul: Any, kernel_name: str, kernel: np.ndarray) -> Cell:
     x, h_prev = _concat(loop, matmul)
     pre, bias_name, bias = _biased(loop, matmul)
-    layer = layer_of(kernel_name, bias_name)
+    layer = _layer(loop, matmul, kernel_name, bias_name)
     activation = _one(loop.users(pre), "pre-activation used more than once")
     _activation(loop, activation, "any", layer)
     hidden = kernel.shape[1]

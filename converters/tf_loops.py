@@ -163,6 +163,9 @@ def _v1_loops(graph: dict[str, Any]) -> list[Loop]:
             loop.variables.append(LoopVar(data_inputs(enter)[0], f"{switch.name}:1",
                                           data_inputs(after)[0] if after is not None else "",
                                           f"{exits[0].name}:0" if exits else None))
+        for var in loop.variables:  # a lowered v2 While passes its captures through as loop variables
+            if var.next and loop.skip_identity(var.next) == loop.skip_identity(var.inside):
+                loop.invariants[var.inside] = var.init
         loop.index()
         loops.append(loop)
     return loops

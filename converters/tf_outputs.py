@@ -59,15 +59,29 @@ def guess_outputs(graph_def: Any) -> list[str]:
         # An output computes from an input AND from weights (zero states and shape helpers do not).
         if any(relevant[p].op == "Placeholder" for p in every) and any(_is_weight(relevant[p]) for p in every):
             ancestry[name] = frozenset(p for p in every if relevant[p].op != "Const")
+    training = any(node.name.startswith("gradients") for node in graph_def.node)
+    identities = [name for name in ancestry if _named_output(relevant[name], relevant)]
+    if identities and not training:
+        # Named outputs (tf.identity in TF1 code, Identity per output of a frozen tf.function) are all kept,
+        # even one whose ancestry another covers (a sequence and its final state).
+        return identities
     outputs = [name for name, found in ancestry.items()
                if not any(found < other for key, other in ancestry.items() if key != name)]
-    if any(node.name.startswith("gradients") for node in graph_def.node):
+    if training:
         outputs = _predictions(outputs, relevant, parents, ancestors) or outputs
     named = [name for name in outputs if relevant[name].op == "Identity"]
     outputs = named or outputs  # tf.identity(..., name=...) is how TF1 code names its outputs
     if not outputs:
         raise UnsupportedSourceError("cannot tell the outputs of this TensorFlow graph; name them (outputs=[...])")
     return outputs
+
+
+def _named_output(node: Any, nodes: dict[str, Any]) -> bool:
+    """An Identity that names a value, not one of the Identity nodes a v2 While puts on each of its outputs."""
+    if node.op != "Identity" or node.attr["T"].type in (tf.variant.as_datatype_enum, tf.resource.as_datatype_enum):
+        return False
+    source = nodes.get(plain(node.input[0]).lstrip("^")) if node.input else None
+    return source is None or source.op not in ("While", "StatelessWhile")
 
 
 def _predictions(losses: list[str], relevant: dict[str, Any], parents: dict[str, list[str]],

@@ -35,9 +35,10 @@ ONNX_OP = {"basic": "LSTM", "lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tf1_corpus")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-m", "tests.converters.tf1_corpus_models", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for extra in ([], ["--eager"]):
+        done = subprocess.run([sys.executable, "-m", "tests.converters.tf1_corpus_models", str(out), *extra], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=400, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 

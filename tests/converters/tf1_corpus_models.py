@@ -46,6 +46,9 @@ CORPUS: dict[str, Spec] = {
     "bidi_lstm_v1_ckpt": Spec(("lstm:3:peep",), bidirectional=True),
     "bidi_gru_tm_v2_frozen": Spec(("gru:3",), source="frozen", control_flow=2, bidirectional=True, time_major=True,
                                   initial=True),
+    # A tf.function calling dynamic_rnn, frozen by convert_variables_to_constants_v2 (its While comes out
+    # lowered to v1 frames, its variables named after the loop inputs); built eagerly in its own process.
+    "tf2_function_frozen": Spec(("lstm:4:peep:fb=0.5", "gru:3"), source="function"),
     "bidi_layers_v1_ckpt": Spec(("lstm:3:peep", "gru:2"), bidirectional=True, extra={"layers": 2}),
     "bidi_multi_v2_saved": Spec(("basic:3", "gru:2"), source="saved_model", control_flow=2, bidirectional=True,
                                 dynamic_time=True),
@@ -187,7 +190,7 @@ def _feeds(spec: Spec, graph: Any, seed: int, batch: int) -> dict[str, np.ndarra
         feeds["lengths:0"] = lengths
     if "decoder" in spec.extra:
         feeds["x2:0"] = rng.standard_normal((batch, 1 + seed, FEATURES - 1)).astype(np.float32)
-    for op in graph.get_operations():
+    for op in graph.get_operations() if graph is not None else []:
         if op.type == "Placeholder" and op.name.startswith("state"):
             size = op.outputs[0].shape[1]
             feeds[f"{op.name}:0"] = rng.standard_normal((batch, size)).astype(np.float32)
@@ -253,13 +256,53 @@ def build_one(name: str, spec: Spec, out: Path) -> None:
     (target / "meta.json").write_text(json.dumps({"source": str(source.relative_to(out)), "outputs": plain_outputs}))
 
 
+def build_function(name: str, spec: Spec, out: Path) -> None:
+    """Eager TF2: a tf.function over dynamic_rnn, frozen to a GraphDef; variables.npz holds its constants."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    target = out / name
+    target.mkdir(parents=True, exist_ok=True)
+    tf.random.set_seed(len(name))
+    cell = _stack(spec, "")
+    signature = [tf.TensorSpec([None, STEPS, FEATURES], tf.float32, name="x"),
+                 tf.TensorSpec([None], tf.int32, name="lengths")]
+    function = tf.function(lambda x, lengths: tf.compat.v1.nn.dynamic_rnn(
+        cell, x, sequence_length=lengths, dtype=tf.float32), input_signature=signature)
+    function(tf.zeros([1, STEPS, FEATURES]), tf.constant([STEPS]))  # creates the variables
+    rng = np.random.default_rng(len(name))
+    for variable in cell.variables:
+        if variable.name.endswith(("bias:0", "_diag:0")):
+            variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function()).graph.as_graph_def()
+    (target / "model.pb").write_bytes(frozen.SerializeToString())
+    np.savez(target / "variables.npz", **{node.name: tf.make_ndarray(node.attr["value"].tensor) for node in frozen.node
+                                          if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum})
+    outputs = [node.name for node in frozen.node if node.op == "Identity" and node.name.startswith("Identity")]
+    cases: dict[str, Any] = {}
+    for seed, batch in CASES:
+        feeds = {key[:-2]: value for key, value in _feeds(spec, None, seed, batch).items()}
+        values = tf.nest.flatten(function(feeds["x"], feeds["lengths"]))
+        cases.update({f"{seed}/in/{key}": value for key, value in feeds.items()})
+        cases.update({f"{seed}/out/{key}": np.asarray(value) for key, value in zip(sorted(outputs), values, strict=True)})
+    np.savez(target / "cases.npz", **cases)
+    (target / "meta.json").write_text(json.dumps({"source": f"{name}/model.pb", "outputs": sorted(outputs)}))
+
+
 def main(out: Path, names: list[str]) -> None:
     import tensorflow as tf
 
-    tf.compat.v1.disable_eager_execution()
     every = {**CORPUS, **REFUSED}
-    for name in names or list(every):
-        build_one(name, every[name], out)
+    chosen = names or list(every)
+    if chosen == ["--eager"]:  # the tf.function models, in a process that keeps eager execution
+        for name, spec in every.items():
+            if spec.source == "function":
+                build_function(name, spec, out)
+        return
+    tf.compat.v1.disable_eager_execution()
+    for name in chosen:
+        if every[name].source != "function":
+            build_one(name, every[name], out)
 
 
 if __name__ == "__main__":
