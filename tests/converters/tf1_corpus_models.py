@@ -61,7 +61,7 @@ CORPUS: dict[str, Spec] = {
     "trained_gru_v1_ckpt": Spec(("gru:3",), final=False, extra={"train": True}),
     # Encoder-decoder: the encoder's final LSTM state is the decoder's initial state; two inputs.
     "seq2seq_v1_frozen": Spec(("lstm:4",), source="frozen", extra={"decoder": "basic:4"}),
-    "seq2seq_v2_saved": Spec(("gru:3",), source="saved_model", control_flow=2, extra={"decoder": "gru:3"}),
+    "seq2seq_v2_saved": Spec(("lstm:3:peep:fb=0.0",), source="saved_model", control_flow=2, extra={"decoder": "lstm:3"}),
 }
 # What ONNX cannot express: refused by name (the converter's message is checked by the test).
 REFUSED: dict[str, Spec] = {
