@@ -108,7 +108,7 @@ def detect_framework(source: Any) -> str:
         return "pytorch"
     if suffix in (".keras", ".h5", ".hdf5"):
         return "keras"
-    if suffix in (".pb", ".meta", ".index") or path.name == "checkpoint":
+    if suffix in (".pb", ".pbtxt", ".meta", ".index") or path.name == "checkpoint":
         return "tensorflow"
     raise UnsupportedSourceError(
         f"cannot tell the framework of {path.name!r} from its extension; supported: .pt/.pth/.pt2 (PyTorch), "

@@ -24,11 +24,14 @@ from converters.keras_recurrent import (
     lstm_weights,
     simple_rnn_weights,
 )
+from converters.tf_cell_ops import (
+    TF1_GRU_GATE_MAP,
+    TF1_GRU_ORDER,
+    TF1_LSTM_GATE_MAP,
+    TF1_LSTM_ORDER,
+    layer_of,
+)
 
-TF1_LSTM_ORDER = ("i", "j", "f", "o")
-TF1_LSTM_GATE_MAP = {"i": "i", "j": "c", "f": "f", "o": "o"}
-TF1_GRU_ORDER = ("r", "u", "c")
-TF1_GRU_GATE_MAP = {"r": "r", "u": "z", "c": "h"}
 _TF1_LSTM_TO_ONNX = (0, 3, 2, 1)  # ONNX i, o, f, c taken from TF's i, j, f, o column blocks
 _ATOL = 1e-6
 
@@ -45,16 +48,6 @@ class CellMatch:
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, atol=_ATOL, rtol=0))
-
-
-def _layer_of(*names: str) -> str:
-    parts = [name.split("/")[:-1] for name in names]
-    common: list[str] = []
-    for pieces in zip(*parts, strict=False):
-        if len(set(pieces)) != 1:
-            break
-        common.append(pieces[0])
-    return "/".join(common) or names[0]
 
 
 def _tf1_split(kernel: np.ndarray, input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +72,11 @@ def _match_tf1_lstm(w: np.ndarray, r: np.ndarray, b: np.ndarray, candidates: dic
             others = np.concatenate([diff[: 2 * hidden], diff[3 * hidden:]])
             if np.abs(others).max() <= _ATOL and np.ptp(f_rows) <= _ATOL:
                 forget = round(float(f_rows.mean()), 6)
-                return CellMatch(_layer_of(name, bias_name), {"kernel": name, "bias": bias_name}, TF1_LSTM_ORDER,
+                return CellMatch(layer_of(name, bias_name), {"kernel": name, "bias": bias_name}, TF1_LSTM_ORDER,
                                  dict(TF1_LSTM_GATE_MAP), {"forget_bias": forget},
                                  "TF1 LSTM cell: W/R split from kernel rows [:I] and [I:]; "
                                  "forget_bias folded into the f rows of Wb")
-        return CellMatch(_layer_of(name), {"kernel": name}, TF1_LSTM_ORDER, dict(TF1_LSTM_GATE_MAP), {},
+        return CellMatch(layer_of(name), {"kernel": name}, TF1_LSTM_ORDER, dict(TF1_LSTM_GATE_MAP), {},
                          "TF1 LSTM cell: kernel matched, bias variable not identified")
     return None
 
@@ -108,7 +101,7 @@ def _match_tf1_gru(w: np.ndarray, r: np.ndarray, b: np.ndarray, candidates: dict
                 for bname, cbias in candidates.items():
                     if cbias.shape == (hidden,) and _same(cbias, total[2 * hidden:]) and bname.endswith("bias"):
                         variables["candidate/bias"] = bname
-                return CellMatch(_layer_of(gname, cname), variables, TF1_GRU_ORDER, dict(TF1_GRU_GATE_MAP), {},
+                return CellMatch(layer_of(gname, cname), variables, TF1_GRU_ORDER, dict(TF1_GRU_GATE_MAP), {},
                                  "TF1 GRUCell: gates/kernel holds r then u; linear_before_reset=0")
     return None
 
@@ -147,7 +140,7 @@ def _match_keras(op: str, w: np.ndarray, r: np.ndarray, b: np.ndarray, candidate
                     if sized and _same(_keras_bias(op, bias, hidden), b):
                         variables["bias"] = bname
                         break
-                return CellMatch(_layer_of(kname, rname), variables, order, dict(gate_map), {},
+                return CellMatch(layer_of(kname, rname), variables, order, dict(gate_map), {},
                                  "Keras layer fused by tf2onnx")
     return None
 
@@ -159,7 +152,7 @@ def _match_tf1_rnn(w: np.ndarray, r: np.ndarray, candidates: dict[str, np.ndarra
         if kernel.shape == (size + hidden, hidden):
             kx, kh = _tf1_split(kernel, size)
             if _same(kx.T, w) and _same(kh.T, r):
-                return CellMatch(_layer_of(name), {"kernel": name}, SIMPLE_RNN_ORDER, dict(SIMPLE_RNN_GATE_MAP),
+                return CellMatch(layer_of(name), {"kernel": name}, SIMPLE_RNN_ORDER, dict(SIMPLE_RNN_GATE_MAP),
                                  {}, "TF1 BasicRNNCell")
     return None
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converters.annotations import GATE_ORDERS, annotate_recurrent_node
+from converters.annotations import GATE_ORDERS, annotate_recurrent_node, node_annotation
 from converters.keras_layers import UnsupportedLayerError
 from converters.specs import InputSpec
 from converters.tf_cells import CellMatch, match_direction
@@ -33,7 +33,6 @@ class Loaded:
     matched: set[str] = field(default_factory=set)
     keepalive: Any = None  # the loaded SavedModel object its functions belong to
     declared: set[str] = field(default_factory=set)  # input names whose shape the user gave
-    scalars: dict[str, float] = field(default_factory=dict)  # float scalar Consts (e.g. forget_bias)
     loop_scopes: list[str] = field(default_factory=list)  # TF while-loop scopes ("sequential/gru"), for errors
 
 
@@ -80,6 +79,9 @@ def annotate_fused(model: onnx.ModelProto, loaded: Loaded) -> list[dict[str, Any
     entries = []
     for node in model.graph.node:
         if node.op_type not in RECURRENT_OPS:
+            continue
+        if (done := node_annotation(node)) is not None:  # fused from its cell's weights (tf_fuse)
+            entries.append(done)
             continue
         layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
         if layout != 0:
@@ -167,10 +169,11 @@ def refuse_loops(model: onnx.ModelProto, loaded: Loaded, *, obstacle: str | None
         where = ", ".join(f"{node.op_type} {node.name!r}" for node in loops)
         raise UnsupportedLayerError(
             f"TensorFlow recurrent layer {who} did not fuse into an ONNX LSTM/GRU/RNN (tf2onnx left {where}"
-            + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes too) without "
-            "cell_clip/num_proj, GRUCell, BasicRNNCell, MultiRNNCell stacks of those under dynamic_rnn, Keras LSTM; "
-            "convert Keras models (or the SavedModel a TF2 graph was frozen from) with the keras converter, which "
-            "rebuilds every recurrent layer."
+            + (f"; {obstacle}" if obstacle else "") + "). Fused: BasicLSTMCell, LSTMCell (peepholes, any "
+            "forget_bias; no cell_clip/num_proj), GRUCell, BasicRNNCell, MultiRNNCell stacks of those, under "
+            "dynamic_rnn or bidirectional_dynamic_rnn (control flow v1 or v2) at the top level of the graph (not "
+            "inside another loop), with no wrapper cell around them; Keras layers: convert Keras models (or the SavedModel a TF2 graph was frozen from) "
+            "with the keras converter, which rebuilds every recurrent layer."
         )
     if cells:
         raise UnsupportedLayerError(

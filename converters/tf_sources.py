@@ -19,109 +19,48 @@ import tensorflow as tf
 from converters import UnsupportedSourceError
 from converters.specs import InputSpec
 from converters.tf_graph import Loaded
-
-# Nodes that are bookkeeping, not model outputs, when guessing a graph's outputs.
-_NOT_OUTPUTS = {"NoOp", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2", "SaveSlices", "VariableV2",
-                "VarHandleOp", "Const", "Placeholder", "PlaceholderWithDefault", "VarIsInitializedOp",
-                "IsVariableInitialized", "MergeSummary", "ScalarSummary", "HistogramSummary"}
-_BOOKKEEPING = re.compile(r"^(save(_\d+)?|gradients(_\d+)?|train|init|report_uninitialized|.*Adam|"
-                          r".*GradientDescent|.*Momentum|.*RMSProp)(/|$)")
-
-
-def _plain(name: str) -> str:
-    return re.sub(r":\d+$", "", name)
+from converters.tf_outputs import guess_outputs, plain
 
 
 def _spec_of(name: str, shape: Any, dtype: Any) -> InputSpec:
     dims = tuple(None if d is None else int(d) for d in tf.TensorShape(shape).as_list())
-    return InputSpec(_plain(name), dims, tf.as_dtype(dtype).name)
+    return InputSpec(plain(name), dims, tf.as_dtype(dtype).name)
+
+
+def _describe(spec: InputSpec) -> str:
+    dims = ",".join("-1" if dim is None else str(dim) for dim in spec.shape)
+    return f"{spec.name}:{dims}:{spec.dtype}"
 
 
 def _override(specs: list[InputSpec], given: list[InputSpec] | None) -> list[InputSpec]:
+    """The graph's inputs with the user's specs applied; a spec that contradicts the graph names what it expects."""
     if not given:
         return specs
-    by_name = {_plain(spec.name): spec for spec in given}
+    by_name = {plain(spec.name): spec for spec in given}
+    expected = ", ".join(_describe(spec) for spec in specs)
     unknown = sorted(set(by_name) - {spec.name for spec in specs})
     if unknown:
         raise UnsupportedSourceError(f"input spec names {unknown} are not inputs of the model "
-                                     f"(inputs: {[spec.name for spec in specs]})")
-    return [by_name.get(spec.name, spec) for spec in specs]
-
-
-def _is_weight(node: Any) -> bool:
-    if node.op not in ("Const", "VariableV2", "VarHandleOp"):
-        return False
-    if node.op != "Const":
-        return True
-    dims = node.attr["value"].tensor.tensor_shape.dim
-    return node.attr["dtype"].type == tf.float32.as_datatype_enum and int(np.prod([d.size for d in dims])) > 1
-
-
-def _guess_outputs(graph_def: Any) -> list[str]:
-    """Terminal nodes that compute from an input and are not a by-product of a bigger output.
-
-    dynamic_rnn leaves unconsumed final states (loop Exit nodes), zero-state constants and a saver
-    behind; an output whose ancestors all feed another output is such a by-product.
-    """
-    relevant = {node.name: node for node in graph_def.node if not _BOOKKEEPING.match(node.name)}
-    parents = {name: [re.sub(r"^\^", "", _plain(inp)) for inp in node.input] for name, node in relevant.items()}
-    consumed = {parent for names in parents.values() for parent in names}
-    ancestry: dict[str, frozenset[str]] = {}
-
-    def ancestors(name: str) -> frozenset[str]:
-        stack, seen = [name], set()
-        while stack:
-            for parent in parents.get(stack.pop(), []):
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
-        return frozenset(seen)
-
-    for name, node in relevant.items():
-        if name in consumed or node.op in _NOT_OUTPUTS or node.op == "Exit" \
-                or node.op.startswith(("Apply", "ResourceApply")):
+                                     f"(inputs: {[spec.name for spec in specs]}; it expects {expected})")
+    for spec in specs:
+        mine = by_name.get(spec.name)
+        if mine is None:
             continue
-        every = [p for p in ancestors(name) if p in relevant]
-        # An output computes from an input AND from weights (zero states and shape helpers do not).
-        if any(relevant[p].op == "Placeholder" for p in every) and any(_is_weight(relevant[p]) for p in every):
-            ancestry[name] = frozenset(p for p in every if relevant[p].op != "Const")
-    outputs = [name for name, found in ancestry.items()
-               if not any(found < other for key, other in ancestry.items() if key != name)]
-    if any(node.name.startswith("gradients") for node in graph_def.node):
-        outputs = _predictions(outputs, relevant, parents, ancestors) or outputs
-    named = [name for name in outputs if relevant[name].op == "Identity"]
-    outputs = named or outputs  # tf.identity(..., name=...) is how TF1 code names its outputs
-    if not outputs:
-        raise UnsupportedSourceError("cannot tell the outputs of this TensorFlow graph; name them (outputs=[...])")
-    return outputs
-
-
-def _predictions(losses: list[str], relevant: dict[str, Any], parents: dict[str, list[str]],
-                 ancestors: Any) -> list[str]:
-    """In a saved training graph the terminal node is the loss: take what it compares with the labels.
-
-    That is the last weight-dependent node before a node that also reads another placeholder (the
-    targets): ``prediction`` in ``loss = mean((prediction - target)**2)``.
-    """
-    found = []
-    for loss in losses:
-        nodes = [n for n in ancestors(loss) if n in relevant] + [loss]
-        lineage = {n: {p for p in ancestors(n) if p in relevant} | {n} for n in nodes}
-        feeds = {n: {p for p in lineage[n] if relevant[p].op == "Placeholder"} for n in nodes}
-        weighted = {n: any(_is_weight(relevant[p]) for p in lineage[n]) for n in nodes}
-        for node in nodes:
-            if relevant[node].op in ("Const", "Placeholder") or not weighted[node] or not feeds[node]:
-                continue
-            consumers = [c for c in nodes if node in parents.get(c, [])]
-            if any(feeds[c] > feeds[node] for c in consumers) and node not in found:
-                found.append(node)
-    return found
+        if np.dtype(mine.dtype) != np.dtype(spec.dtype):
+            raise UnsupportedSourceError(f"input {spec.name!r} is {spec.dtype} in the graph, not {mine.dtype} "
+                                         f"(--input {_describe(spec)}; the model expects {expected})")
+        if spec.shape and (len(mine.shape) != len(spec.shape) or any(
+                a is not None and b is not None and a != b for a, b in zip(mine.shape, spec.shape, strict=False))):
+            raise UnsupportedSourceError(f"input {spec.name!r} has shape {_describe(spec).split(':')[1]} in the graph "
+                                         f"(-1 = any); {_describe(mine).split(':')[1]} does not fit it "
+                                         f"(the model expects {expected})")
+    return [by_name.get(spec.name, spec) for spec in specs]
 
 
 def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
                     outputs: list[str] | None) -> Loaded:
     nodes = {node.name for node in graph_def.node}
-    output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+    output_nodes = [plain(name) for name in (outputs or guess_outputs(graph_def))]
     missing = [name for name in output_nodes if name not in nodes]
     if missing:
         raise UnsupportedSourceError(f"{origin}: no node named {missing} in the graph")
@@ -130,18 +69,16 @@ def _from_graph_def(graph_def: Any, origin: str, inputs: list[InputSpec] | None,
     specs = [_spec_of(node.name, tf.TensorShape(node.attr["shape"].shape), node.attr["dtype"].type)
              for node in placeholders]
     specs = _override(specs, inputs)
-    declared = {_plain(spec.name) for spec in inputs or []}
-    variables, scalars = {}, {}
+    declared = {plain(spec.name) for spec in inputs or []}
+    variables = {}
     for node in pruned.node:
         if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
             value = tf.make_ndarray(node.attr["value"].tensor)
             if 1 <= value.ndim <= 2:
                 variables[node.name] = value
-            elif value.ndim == 0:
-                scalars[node.name] = float(value)
     return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [f"{name}:0" for name in output_nodes],
                   graph_def=pruned, variables=variables, op_names=[node.name for node in pruned.node],
-                  declared=declared, scalars=scalars, loop_scopes=_loop_scopes(pruned))
+                  declared=declared, loop_scopes=_loop_scopes(pruned))
 
 
 def _loop_scopes(graph_def: Any) -> list[str]:
@@ -157,6 +94,8 @@ def _checkpoint_prefix(path: Path) -> str:
         if latest is None:
             raise UnsupportedSourceError(f"directory {str(path)!r} holds no TF checkpoint")
         return latest
+    if re.search(r"\.data-\d+-of-\d+$", path.name):
+        return str(path.with_suffix(""))
     return str(path.with_suffix("")) if path.suffix in (".meta", ".index") else str(path)
 
 
@@ -164,7 +103,10 @@ def _from_checkpoint(path: Path, inputs: list[InputSpec] | None, outputs: list[s
     prefix = _checkpoint_prefix(path)
     meta = Path(prefix + ".meta")
     if not meta.is_file():
-        raise UnsupportedSourceError(f"checkpoint {prefix!r} has no .meta graph next to it ({meta.name})")
+        raise UnsupportedSourceError(
+            f"checkpoint {prefix!r} has no .meta graph next to it ({meta.name}): a checkpoint holds only variable "
+            "values, not the graph that uses them. Supply the .meta file tf.compat.v1.train.Saver().save() writes "
+            "beside it (keep write_meta_graph=True), or export the model as a SavedModel or a frozen GraphDef (.pb)")
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
         saver = tf.compat.v1.train.import_meta_graph(str(meta), clear_devices=True)
@@ -172,7 +114,7 @@ def _from_checkpoint(path: Path, inputs: list[InputSpec] | None, outputs: list[s
             raise UnsupportedSourceError(f"{meta.name} holds no variables to restore")
         saver.restore(session, prefix)
         graph_def = graph.as_graph_def()
-        output_nodes = [_plain(name) for name in (outputs or _guess_outputs(graph_def))]
+        output_nodes = [plain(name) for name in (outputs or guess_outputs(graph_def))]
         frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, output_nodes)
     return _from_graph_def(frozen, f"checkpoint {Path(prefix).name}", inputs, output_nodes)
 
@@ -189,12 +131,47 @@ def _from_function(function: Any, origin: str, inputs: list[InputSpec] | None) -
     tensor_specs = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in specs]
     wrapped = tf.function(lambda *args: function(*args), input_signature=tensor_specs)
     concrete = wrapped.get_concrete_function()
-    variables = {_plain(v.name): np.asarray(v.numpy()) for v in concrete.variables}
+    variables = {plain(v.name): np.asarray(v.numpy()) for v in concrete.variables}
     return Loaded(origin, specs, [f"{spec.name}:0" for spec in specs], [], function=wrapped,
                   variables={k: v for k, v in variables.items() if 1 <= v.ndim <= 2})
 
 
-def _from_saved_model(path: Path, inputs: list[InputSpec] | None) -> Loaded:
+def _tf1_meta_graph(path: Path) -> Any | None:
+    """The MetaGraphDef of a SavedModel written by TF1's builder (it has no object graph), else None."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    except Exception as exc:
+        raise UnsupportedSourceError(f"{path.name!r}: saved_model.pb does not parse: {exc}") from exc
+    graphs = list(proto.meta_graphs)
+    if not graphs or any(len(graph.object_graph_def.nodes) for graph in graphs):
+        return None
+    return next((graph for graph in graphs if "serve" in graph.meta_info_def.tags), graphs[0])
+
+
+def _from_tf1_saved_model(path: Path, meta_graph: Any, inputs: list[InputSpec] | None,
+                          outputs: list[str] | None) -> Loaded:
+    """Restore into a session and freeze, like a checkpoint: the graph path fuses its loops (tf_fuse)."""
+    signatures = meta_graph.signature_def
+    key = "serving_default" if "serving_default" in signatures else min(signatures, default=None)
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        tf.compat.v1.saved_model.loader.load(session, list(meta_graph.meta_info_def.tags), str(path))
+        graph_def = graph.as_graph_def()
+        if outputs is None and key is not None:
+            outputs = [info.name for _, info in sorted(signatures[key].outputs.items())]
+        output_nodes = [plain(name) for name in (outputs or guess_outputs(graph_def))]
+        frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph_def, output_nodes)
+    where = f" [{key}]" if key is not None else ""
+    return _from_graph_def(frozen, f"SavedModel {path.name}{where}", inputs, output_nodes)
+
+
+def _from_saved_model(path: Path, inputs: list[InputSpec] | None, outputs: list[str] | None = None) -> Loaded:
+    meta_graph = _tf1_meta_graph(path)
+    if meta_graph is not None:
+        return _from_tf1_saved_model(path, meta_graph, inputs, outputs)
     loaded = tf.saved_model.load(str(path))
     signatures = dict(loaded.signatures)
     if not signatures:
@@ -211,7 +188,7 @@ def _from_saved_model(path: Path, inputs: list[InputSpec] | None) -> Loaded:
 
     function = tf.function(call, input_signature=tensor_specs)
     result = _from_function(function, f"SavedModel {path.name} [{key}]", inputs)
-    result.variables.update({_plain(v.name): np.asarray(v.numpy()) for v in signature.variables
+    result.variables.update({plain(v.name): np.asarray(v.numpy()) for v in signature.variables
                              if 1 <= len(v.shape) <= 2})
     result.keepalive = loaded  # its functions die with it
     return result
@@ -231,6 +208,14 @@ def saved_keras_model(source: Any) -> Any | None:
 
 
 def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
+    """Read a TensorFlow source; the TF1 APIs this uses (and means to) do not print deprecation notices."""
+    from tensorflow.python.util import deprecation
+
+    with deprecation.silence():
+        return _load(source, inputs=inputs, outputs=outputs)
+
+
+def _load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | None) -> Loaded:
     if not isinstance(source, (str, Path)):
         if hasattr(source, "get_concrete_function"):
             return _from_function(source, getattr(source, "__name__", "tf.function"), inputs)
@@ -238,19 +223,29 @@ def load(source: Any, *, inputs: list[InputSpec] | None, outputs: list[str] | No
                                      "(tf.function, SavedModel, .pb, .meta)")
     path = Path(source)
     if not path.exists():
+        if Path(f"{path}.index").is_file():  # a checkpoint prefix ("model" for model.index, model.data-*)
+            return _from_checkpoint(path, inputs, outputs)
         raise UnsupportedSourceError(f"TensorFlow source {str(path)!r} does not exist")
     if path.is_dir() and (path / "saved_model.pb").exists():
-        return _from_saved_model(path, inputs)
+        return _from_saved_model(path, inputs, outputs)
     if path.name == "saved_model.pb":
-        return _from_saved_model(path.parent, inputs)
-    if path.is_dir() or path.suffix in (".meta", ".index"):
+        return _from_saved_model(path.parent, inputs, outputs)
+    if path.name == "checkpoint" and path.is_file():  # the index file a Saver keeps beside its checkpoints
+        return _from_checkpoint(path.parent, inputs, outputs)
+    if path.is_dir() or path.suffix in (".meta", ".index") or re.search(r"\.data-\d+-of-\d+$", path.name):
         return _from_checkpoint(path, inputs, outputs)
-    if path.suffix == ".pb":
+    if path.suffix in (".pb", ".pbtxt"):
         graph_def = tf.compat.v1.GraphDef()
         try:
-            graph_def.ParseFromString(path.read_bytes())
+            if path.suffix == ".pbtxt":
+                from google.protobuf import text_format
+
+                text_format.Parse(path.read_text(), graph_def)
+            else:
+                graph_def.ParseFromString(path.read_bytes())
         except Exception as exc:
-            raise UnsupportedSourceError(f"{path.name!r} is not a binary GraphDef: {exc}") from exc
+            kind = "text" if path.suffix == ".pbtxt" else "binary"
+            raise UnsupportedSourceError(f"{path.name!r} is not a {kind} GraphDef: {exc}") from exc
         return _from_graph_def(graph_def, f"frozen graph {path.name}", inputs, outputs)
     raise UnsupportedSourceError(f"{path.name!r}: not a SavedModel directory, frozen .pb or TF1 checkpoint (.meta)")
 

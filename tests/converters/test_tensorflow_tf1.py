@@ -134,11 +134,12 @@ def test_tf1_cells_fuse_with_parity(converted: dict[str, Any], name: str) -> Non
     ops = result.op_types()
     assert [op for op in ops if op in RECURRENT] == FUSED[name]
     assert not {"Loop", "Scan"} & set(ops)
-    assert result.parity.passed and parity.read(result.model).passed
+    stored = parity.read(result.model)
+    assert result.parity.passed and stored is not None and stored.passed
     assert [value.name for value in result.model.graph.input] == ["x"]
 
 
-def _lstm_expectation(kernel: np.ndarray, bias: np.ndarray, forget_bias: float) -> dict[str, dict[str, np.ndarray]]:
+def _lstm_expectation(kernel: np.ndarray, bias: np.ndarray, forget_bias: float) -> dict[str, dict[str, Any]]:
     """GATES.md: i, j, f, o = split(concat([x, h]) @ kernel + bias, 4); forget_bias added to f at run time."""
     hidden = kernel.shape[1] // 4
     size = kernel.shape[0] - hidden  # FEATURES for the first layer, the layer below's H above it
