@@ -80,7 +80,8 @@ def split_node(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[str, Any]:
         directions.append(split)
     result = {"node": node.name, **{key: described[key] for key in _PASSED_THROUGH if key in described}}
     result["directions"] = directions
-    result["source"] = annotation["source"] if annotation is not None else None
+    # A schema 1 entry has no source wiring: read it as the empty wiring schema 2 writes for "nothing said".
+    result["source"] = {"wiring": {}, **annotation["source"]} if annotation is not None else None
     return result
 
 

@@ -81,7 +81,7 @@ def main() -> None:
         description="The classic TensorFlow 1 recipe: `BasicLSTMCell(8)` unrolled by `dynamic_rnn`, a per-step "
         "linear readout, trained with Adam and saved by `tf.train.Saver` as `checkpoint/model.meta` + "
         "`model.index` + `model.data-*` (kept next to this README). The converter restores those files, "
-        "freezes the graph, and tf2onnx's rewriter fuses the cell into one ONNX LSTM; the annotation names "
+        "freezes the graph, recognises the cell by what its while loop computes and puts one fused ONNX LSTM in its place while tf2onnx converts the rest; the annotation names "
         "`rnn/basic_lstm_cell/kernel` and `.../bias`, TF's i, j, f, o gate order and the forget_bias of 1.0 "
         "folded into the f rows of the bias.",
         inputs=[("sequence", f"[batch, {STEPS}, {FEATURES}]", "FP32", "two features per step in [-1, 1]")],
