@@ -21,7 +21,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-
 from common import ROOT, layout, stop
 
 PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -61,9 +60,14 @@ def load(port: int, body: Path, secs: int) -> tuple[float, int]:
     out = subprocess.run(["taskset", "-c", "1", "h2load", "-D", str(secs), "-c", "1", "-m", "8", "-d", str(body),
                           "-H", "content-type: application/grpc", "-H", "te: trailers",
                           f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-    done = int(re.search(r"(\d+) succeeded", out).group(1))
-    return rps, done
+    return float(_found(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)), int(_found(r"(\d+) succeeded", out))
+
+
+def _found(pattern: str, text: str) -> str:
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"h2load printed no {pattern!r}: {text[-500:]}")
+    return m.group(1)
 
 
 def main() -> None:

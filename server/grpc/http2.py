@@ -33,7 +33,7 @@ import hpack.exceptions
 from h2.connection import ConnectionInputs
 from h2.errors import ErrorCodes
 from h2.stream import H2Stream, StreamInputs
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 log = logging.getLogger("modelbridge.grpc")
 
@@ -729,7 +729,7 @@ class Connection(asyncio.Protocol):
         increment = h._inbound_flow_control_window_manager.process_bytes(self.credit)
         self.credit = 0
         if increment:
-            h._prepare_for_sending([WindowUpdateFrame(0, window_increment=increment)])
+            h._data_to_send += _frame(0x8, 0, 0, increment.to_bytes(4, "big"))   # WINDOW_UPDATE, as bytes
 
     def _rate_check(self) -> None:
         """Past either budget within the current second: GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §10.5)."""
