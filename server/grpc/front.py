@@ -415,6 +415,7 @@ class GrpcFront:
         self.loop = asyncio.get_running_loop()   # built inside start_grpc_server
         self.active = 0
         self.connections: set[Connection] = set()
+        self._fields: dict[tuple[tuple[bytes, bytes], ...], _Fields] = {}   # header list -> _read_headers of it
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 
@@ -452,27 +453,17 @@ class GrpcFront:
             self._all_closed.set()
 
     # ---- Router ----
-    def open(self, stream: Stream, headers: list[tuple[str, str]]) -> Call | _Refused:
-        method = path = content_type = ""
-        timeout: str | None = None
-        encoding = "identity"
-        metadata: list[tuple[str, Any]] = []
-        size = 0
-        for name, value in headers:
-            size += len(name) + len(value) + 32
-            if name[0] == ":":
-                if name == ":path":
-                    path = value
-                elif name == ":method":
-                    method = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-timeout":
-                timeout = value
-            elif name == "grpc-encoding":
-                encoding = value
-            elif name not in _RESERVED:
-                metadata.append((name, _binary(value) if name.endswith("-bin") else value))
+    def open(self, stream: Stream, raw: list[tuple[bytes, bytes]]) -> Call | _Refused:
+        # Clients repeat a request's header list call after call: what is read from it is read once.
+        key = tuple(raw)
+        fields = self._fields.get(key)
+        if fields is None:
+            fields = _read_headers(raw)
+            if fields[6] <= 4096:   # bounded: at most 128 lists of 4 KiB held
+                if len(self._fields) >= 128:
+                    self._fields.clear()
+                self._fields[key] = fields
+        path, method, content_type, timeout, encoding, metadata, size = fields
         if size > MAX_METADATA:
             return _Refused.status(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"request metadata of {size} bytes is over the {MAX_METADATA} byte limit")
@@ -498,7 +489,7 @@ class GrpcFront:
         if self.max_concurrent_rpcs and self.active >= self.max_concurrent_rpcs:
             return _Refused.status(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"more than {self.max_concurrent_rpcs} concurrent rpcs")
-        return Call(self, stream, path, handler, tuple(metadata), deadline, encoding)
+        return Call(self, stream, path, handler, metadata, deadline, encoding)
 
     # ---- lifecycle ----
     async def stop(self, grace: float | None) -> None:
@@ -551,6 +542,39 @@ class _Refused:
 
     def on_reset(self) -> None:
         pass
+
+
+_Fields = tuple[str, str, str, "str | None", str, tuple[tuple[str, Any], ...], int]
+
+
+def _read_headers(raw: list[tuple[bytes, bytes]]) -> _Fields:
+    """path, method, content-type, grpc-timeout, grpc-encoding, the metadata, and the list's size as
+    RFC 9113 §6.5.2 counts it."""
+    try:
+        headers = [(k.decode(), v.decode()) for k, v in raw]
+    except UnicodeDecodeError:   # not UTF-8: kept byte for byte, never an exception further up
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    method = path = content_type = ""
+    timeout: str | None = None
+    encoding = "identity"
+    metadata: list[tuple[str, Any]] = []
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 32
+        if name[0] == ":":
+            if name == ":path":
+                path = value
+            elif name == ":method":
+                method = value
+        elif name == "content-type":
+            content_type = value
+        elif name == "grpc-timeout":
+            timeout = value
+        elif name == "grpc-encoding":
+            encoding = value
+        elif name not in _RESERVED:
+            metadata.append((name, _binary(value) if name.endswith("-bin") else value))
+    return path, method, content_type, timeout, encoding, tuple(metadata), size
 
 
 def _binary(value: str) -> bytes:

@@ -1,7 +1,8 @@
 """Build and start the gRPC port: the inference service, grpc.health.v1 and reflection.
 
-Two engines serve the same servicer objects: "h2" (default) is our HTTP/2 layer (front.py, h2.py),
-"grpcio" is grpcio's asyncio server, kept as the reference implementation and a fallback."""
+Two engines serve the same servicer objects: "h2" (default) is front.py on our HTTP/2 layer (http2.py, on
+the h2 library's state machine), "grpcio" is grpcio's asyncio server, kept as the reference implementation
+and a fallback."""
 
 from __future__ import annotations
 
