@@ -16,35 +16,37 @@ COPY server/ui /src/server/ui
 RUN npm run build
 
 # Everything the server needs, in one venv that the serving stage copies whole: no wheel files, no pip
-# cache and no build tools end up in the image.
+# cache and no build tools end up in the image. Few layers after the big ones: the stand-in engine's vfs
+# storage copies the whole file system for each.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/modelbridge
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone: a source change rebuilds only the last layer.
+# Dependencies first, from pyproject.toml alone: a source change rebuilds only the layers after this.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -m venv /opt/modelbridge \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > requirements.txt \
- && /opt/modelbridge/bin/pip install -r requirements.txt
-COPY README.md ./
+ && /opt/modelbridge/bin/pip install -r requirements.txt "setuptools>=69" wheel
+COPY --from=ui /src/server/ui/vendor ./server/ui/vendor
 COPY server ./server
 COPY converters ./converters
-COPY --from=ui /src/server/ui/vendor ./server/ui/vendor
-RUN /opt/modelbridge/bin/pip install --no-deps . \
+COPY README.md ./
+RUN /opt/modelbridge/bin/pip install --no-deps --no-build-isolation . \
  && /opt/modelbridge/bin/modelbridge --help >/dev/null
 
 FROM python:3.11-slim AS serve
+ENV PATH=/opt/modelbridge/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/modelbridge
 # HOME is a real, writable directory: libraries that cache under ~ (onnxruntime among them) then
 # write there instead of printing a warning line into the JSON log stream.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/modelbridge \
       --shell /usr/sbin/nologin modelbridge \
  && mkdir /models && chown modelbridge:modelbridge /models
-COPY --from=build /opt/modelbridge /opt/modelbridge
-ENV PATH=/opt/modelbridge/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/modelbridge
-USER 10001
 WORKDIR /home/modelbridge
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
 ENTRYPOINT ["modelbridge"]
 CMD ["serve", "--host", "0.0.0.0", "--model-repository", "/models"]
+USER 10001
+# Last: a source change rebuilds only this layer of the serving stage.
+COPY --from=build /opt/modelbridge /opt/modelbridge
