@@ -35,9 +35,11 @@ RUN /opt/modelbridge/bin/pip install --no-deps --no-build-isolation . \
  && /opt/modelbridge/bin/modelbridge --help >/dev/null
 
 FROM python:3.11-slim AS serve
-ENV PATH=/opt/modelbridge/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/modelbridge
-# HOME is a real, writable directory: libraries that cache under ~ (onnxruntime among them) then
-# write there instead of printing a warning line into the JSON log stream.
+# onnxruntime's telemetry is off, and HOME is a real, writable directory: otherwise onnxruntime prints
+# "Failed to persist telemetry device ID" (a coloured plain-text line) into the JSON log stream at every
+# start when it cannot write its device ID under ~ (a read-only HOME or root filesystem).
+ENV PATH=/opt/modelbridge/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/home/modelbridge \
+    ORT_DISABLE_TELEMETRY=1
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/modelbridge \
       --shell /usr/sbin/nologin modelbridge \
  && mkdir /models && chown modelbridge:modelbridge /models

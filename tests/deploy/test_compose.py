@@ -215,6 +215,7 @@ def test_dockerfile_runs_the_compose_command_as_non_root(compose: dict) -> None:
     # Only the built venv crosses into the serving stage: no wheels, no sources, no build tools.
     assert [v for k, v in stages["serve"] if k == "COPY"] == ["--from=build /opt/modelbridge /opt/modelbridge"]
     assert "HOME=/home/modelbridge" in serve["ENV"] and "--create-home" in serve["RUN"]
+    assert "ORT_DISABLE_TELEMETRY=1" in serve["ENV"]   # else a plain-text line breaks the JSON logs
     cmd = json.loads(serve["CMD"])
     server = compose["services"]["server"]
     assert cmd == server["command"] and ["modelbridge"] == server["entrypoint"]
