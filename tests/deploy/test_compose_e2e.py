@@ -126,6 +126,13 @@ def test_replicas_are_healthy_non_root_and_the_image_is_slim(stack: tuple[Stack,
     # None of ours; only the base image's own (Debian's python3-venv keeps pip/setuptools wheels there).
     assert all(w.startswith("/usr/share/python-wheels/") for w in wheels), wheels
     assert frameworks == "frameworks: []", frameworks
+    # Nothing on stderr from onnxruntime even where ~ cannot be written (read-only root, as in Kubernetes).
+    session = ("import glob, onnxruntime as ort; "
+               "ort.InferenceSession(glob.glob('/opt/modelbridge/lib/python*/site-packages/server/examples/"
+               "repository/add_sub/1/model.onnx')[0])")
+    quiet = run(["docker", "run", "--rm", "--read-only", "-e", "HOME=/nonexistent", "--entrypoint", "python", image,
+                 "-c", session], timeout=120)
+    assert quiet.stderr == "", quiet.stderr
 
 
 def test_rest_grpc_and_onnx_download_through_the_balancer(stack: tuple[Stack, Ports]) -> None:
