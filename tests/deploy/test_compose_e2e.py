@@ -188,7 +188,7 @@ class Outcome:
     detail: str = ""
 
 
-def load(ports: Ports, secs: float, workers: int = 3, at: tuple[float, Callable[[], None]] | None = None
+def load(ports: Ports, secs: float, workers: int = 3, at: tuple[float, Callable[[], object]] | None = None
          ) -> list[Outcome]:
     """`workers` REST and `workers` gRPC clients sending add_sub for `secs`; at[1]() runs at at[0] s."""
     out: list[Outcome] = []
