@@ -27,10 +27,10 @@ RUN python -m venv /opt/modelbridge \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > requirements.txt \
  && /opt/modelbridge/bin/pip install -r requirements.txt "setuptools>=69" wheel
+# The whole context: .dockerignore lets in only pyproject.toml, README.md, server/, converters/ and the
+# clients/js sources the ui stage builds from.
+COPY . ./
 COPY --from=ui /src/server/ui/vendor ./server/ui/vendor
-COPY server ./server
-COPY converters ./converters
-COPY README.md ./
 RUN /opt/modelbridge/bin/pip install --no-deps --no-build-isolation . \
  && /opt/modelbridge/bin/modelbridge --help >/dev/null
 
