@@ -275,3 +275,33 @@ def test_the_converter_image_is_a_separate_file_with_one_tensorflow_and_cpu_torc
         re.match(r"tensorflow[=<> ]", r) for r in convert)
     assert any(r.startswith("torch==") for r in convert) and any(r.startswith("tf-keras") for r in convert)
     assert [v for k, v in stage if k == "USER"][-1] == "10001"
+
+
+def test_nginx_answers_grpc_with_a_grpc_status_when_no_replica_can(tmp_path: Path) -> None:
+    """No replica reachable: gRPC clients get UNAVAILABLE as a gRPC status (which their retry policy may
+    retry), not nginx's HTML 502 page; REST clients get 502."""
+    nginx = nginx_exe()
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    lb_rest, lb_grpc, dead = free_port(), free_port(), free_port()   # nothing listens on `dead`
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(local_nginx_conf(lb_rest, lb_grpc, {"server:8000": f"127.0.0.1:{dead}",
+                                                        "server:8001": f"127.0.0.1:{dead}"}))
+    proc = start_nginx(nginx, conf, tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{lb_rest}/v2/health/ready", timeout=2).status_code
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "nginx.err").read_text()
+                time.sleep(0.1)
+        assert status == 502
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{lb_grpc}") as grpc:
+            with pytest.raises(Exception) as err:
+                grpc.is_server_ready()
+            assert "StatusCode.UNAVAILABLE" in str(err.value) and "no replica answered" in str(err.value), err.value
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(20)
