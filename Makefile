@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test venv js browser zoo lint clean bench fuzz soak
+.PHONY: serve test venv js browser zoo lint clean bench fuzz soak compose-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,14 @@ fuzz: $(STAMP)
 # 60 s at concurrency 64, REST and gRPC mixed, with uploads and unloads: errors, RSS growth.
 soak: $(STAMP)
 	$(PY) scripts/soak.py --duration 60 --concurrency 64
+
+# The deployment for real (tests/deploy/test_compose_e2e.py): builds the image from a clean clone, runs
+# `compose up --scale server=3`, kills a replica under load. Needs a Docker engine: DOCKER_HOST, else the
+# one ../shared/deploy/standin-images.sh starts; fails (instead of skipping) when none answers.
+STANDIN_SOCK := /tmp/dockerd/docker.sock
+compose-test: $(STAMP)
+	$(if $(DOCKER_HOST),,$(if $(wildcard $(STANDIN_SOCK)),DOCKER_HOST=unix://$(STANDIN_SOCK))) COMPOSE_TEST_REQUIRED=1 \
+	  $(VENV)/bin/pytest -q -s -p no:cacheprovider tests/deploy/test_compose_e2e.py
 
 zoo: $(STAMP)
 	$(PY) examples/build_zoo.py

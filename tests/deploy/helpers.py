@@ -1,9 +1,13 @@
-"""Shared by the deployment tests: add_sub requests, a Prometheus text parser, a raw HTTP client."""
+"""Shared by the deployment tests: add_sub requests, a Prometheus text parser, a raw HTTP client, nginx."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
+import subprocess
+from pathlib import Path
 
 import orjson
 
@@ -72,3 +76,34 @@ def raw_post(port: int, path: str, body: dict, timeout: float = 30.0) -> tuple[s
     if m is None or len(rest) < int(m.group(1)):
         return "truncated", status, received
     return "response", status, rest
+
+
+NGINX_DIR = Path(__file__).resolve().parents[2] / "deploy" / "compose"
+
+
+def nginx_exe() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def start_nginx(exe: str, conf: Path, prefix: Path) -> subprocess.Popen[bytes]:
+    """nginx on `conf`, started the way compose starts it: through deploy/compose/nginx-start.sh (which
+    rewrites `http2 on;` for an nginx older than 1.25.1, such as Debian bookworm's). Logs to prefix/nginx.err."""
+    (prefix / "logs").mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": f"{Path(exe).parent}:{os.environ.get('PATH', '')}", "TMPDIR": str(prefix)}
+    argv = ["sh", str(NGINX_DIR / "nginx-start.sh"), str(conf), "-p", str(prefix),
+            "-g", f"daemon off; pid {prefix}/nginx.pid;"]
+    with open(prefix / "nginx.err", "wb") as err:   # the child keeps its own copy of the descriptor
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def local_nginx_conf(rest_port: int, grpc_port: int, upstream: dict[str, str]) -> str:
+    """deploy/compose/nginx.conf listening on loopback ports, with `upstream` replacements (e.g. the
+    compose names server:8000 / server:8001 swapped for reachable addresses)."""
+    conf = (NGINX_DIR / "nginx.conf").read_text()
+    for old, new in upstream.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    for port, local in (("8000", rest_port), ("8001", grpc_port)):
+        assert f"listen {port};" in conf
+        conf = conf.replace(f"listen {port};", f"listen 127.0.0.1:{local};")
+    return conf

@@ -7,9 +7,7 @@ round-robin for REST (HTTP/1.1) and gRPC (HTTP/2), scaling up and down under tra
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +21,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.deploy.dns import TinyDNS
-from tests.deploy.helpers import add_sub_body, add_sub_ok, parse_metrics
+from tests.deploy.helpers import (
+    add_sub_body,
+    add_sub_ok,
+    local_nginx_conf,
+    nginx_exe,
+    parse_metrics,
+    start_nginx,
+)
 from tests.support import ServerProcess, copy_repository, free_port
 
-NGINX_CONF = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "nginx.conf"
 SUCCESS = ("nv_inference_request_success", frozenset({("model", "add_sub"), ("version", "1")}))
 
 
@@ -46,9 +50,9 @@ class Replica(ServerProcess):
         return int(parse_metrics(text)[SUCCESS])
 
 
-@pytest.fixture
-def nginx_exe() -> str:
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+@pytest.fixture(name="nginx_exe")
+def nginx_exe_fixture() -> str:
+    exe = nginx_exe()
     if exe is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
     return exe
@@ -93,18 +97,11 @@ def test_nginx_spreads_rest_and_grpc_over_replicas_as_they_scale(
     lb_rest, lb_grpc = free_port(), free_port()
     with TinyDNS() as dns:
         dns.records["server"] = [a.host]  # `--scale server=1`
-        conf = NGINX_CONF.read_text()
-        assert "resolver 127.0.0.11 " in conf
-        conf = (conf.replace("resolver 127.0.0.11 ", f"resolver 127.0.0.1:{dns.port} ")
-                .replace("server:8000", f"server:{a.http_port}").replace("server:8001", f"server:{a.grpc_port}")
-                .replace("listen 8000;", f"listen 127.0.0.1:{lb_rest};")
-                .replace("listen 8001 http2;", f"listen 127.0.0.1:{lb_grpc} http2;"))
+        conf = local_nginx_conf(lb_rest, lb_grpc, {"resolver 127.0.0.11 ": f"resolver 127.0.0.1:{dns.port} ",
+                                                   "server:8000": f"server:{a.http_port}",
+                                                   "server:8001": f"server:{a.grpc_port}"})
         (tmp_path / "nginx.conf").write_text(conf)
-        (tmp_path / "logs").mkdir()
-        args = [nginx_exe, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                "-g", f"daemon off; pid {tmp_path}/nginx.pid;"]
-        with open(tmp_path / "nginx.err", "wb") as err:
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+        proc = start_nginx(nginx_exe, tmp_path / "nginx.conf", tmp_path)
         try:
             deadline = time.monotonic() + 20
             while True:
