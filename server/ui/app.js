@@ -3,7 +3,7 @@
 import { InferenceClient, createLocalRunner, openModel } from './vendor/modelbridge.js';
 import { LIVE_MODEL, LiveSine } from './live.js';
 import { drawLines, heatmap, maxAbs } from './plots.js';
-import { sampleInputs, sineSeries, windowShape } from './samples.js';
+import { lengthInputs, sampleInputs, sineSeries, windowShape } from './samples.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -54,7 +54,9 @@ function sequenceOptions(config) {
 }
 
 async function compare(name, metadata, config) {
-  const inputs = sampleInputs(metadata);
+  // A recurrent node's sequence_lens input needs lengths within the sequence, not arbitrary integers.
+  const doc = await client.gates(name).catch(() => ({ nodes: [] }));
+  const inputs = sampleInputs(metadata, { lengths: lengthInputs(doc) });
   const local = await runner.load(name);
   $('devices').textContent = `browser: onnxruntime-web (${local.device}), model from ${local.source}`;
   const [server, browser] = await Promise.all([

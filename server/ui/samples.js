@@ -18,11 +18,36 @@ function values(datatype, count, seed) {
   }
 }
 
-export function sampleInputs(metadata) {
+/**
+ * Which model inputs feed a recurrent node's sequence_lens, and which input carries that node's sequence,
+ * from the gates document's per-node wiring: { lengthsInput: sequenceInput }.
+ */
+export function lengthInputs(gatesDoc) {
+  const found = {};
+  for (const node of gatesDoc?.nodes ?? []) {
+    const lens = node.wiring?.sequence_lens?.graph_inputs ?? [];
+    const sequence = (node.wiring?.X?.graph_inputs ?? []).find((name) => !lens.includes(name));
+    if (sequence) for (const name of lens) found[name] = sequence;
+  }
+  return found;
+}
+
+// Lengths must lie in [1, steps] (onnxruntime refuses others): the time axis of a [batch, steps, ...] or
+// [steps, batch, ...] sequence is the longer of its first two axes for the shapes concreteShape makes.
+function lengthValues(datatype, count, sequenceShape) {
+  const steps = Math.max(1, Math.max(...sequenceShape.slice(0, 2)));
+  const lengths = Array.from({ length: count }, (_, k) => Math.max(1, steps - k)); // descending: sorted packs too
+  return datatype === 'INT64' || datatype === 'UINT64' ? lengths.map(BigInt) : lengths;
+}
+
+export function sampleInputs(metadata, { lengths = {} } = {}) {
+  const shapes = Object.fromEntries(metadata.inputs.map((input) => [input.name, concreteShape(input.shape)]));
   return metadata.inputs.map((input, i) => {
-    const shape = concreteShape(input.shape);
+    const shape = shapes[input.name];
     const count = shape.reduce((a, b) => a * b, 1);
-    return { name: input.name, datatype: input.datatype, shape, data: values(input.datatype, count, i + 1) };
+    const sequence = shapes[lengths[input.name]];
+    const data = sequence ? lengthValues(input.datatype, count, sequence) : values(input.datatype, count, i + 1);
+    return { name: input.name, datatype: input.datatype, shape, data };
   });
 }
 

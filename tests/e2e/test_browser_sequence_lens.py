@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.browser_support import CHROMIUM, JS, VENDOR, compare, job_tensor, probe_model, run_browser
+from tests.e2e.browser_support import CHROMIUM, JS, TOLERANCE, VENDOR, compare, job_tensor, probe_model, run_browser
 from tests.support import ServerProcess
 
 
@@ -55,3 +55,14 @@ def test_lengths_and_states_in_the_browser_and_the_js_gates(packed_server: tuple
     assert not failures, "\n".join(failures) + "\n" + "\n".join(result["console"])
     (gates,) = result["models"][0]["gates"]
     assert gates["op"] == "LSTM" and set(gates["diffs"]) == {"Y", "Y_h", "Y_c"}
+
+
+def test_ui_page_feeds_lengths_within_the_sequence(packed_server: tuple[ServerProcess, dict], tmp_path: Path) -> None:
+    """/ui?model=packed_lstm: the sample inputs give the lengths input values the node accepts (from the gates
+    wiring), so server and browser both answer and agree; arbitrary integers there made both refuse the request."""
+    server, _ = packed_server
+    result = run_browser({"url": server.url, "models": [],
+                          "screenshot": {"model": "packed_lstm", "path": str(tmp_path / "ui.png")}}, tmp_path)
+    shot = result["screenshot"]
+    assert shot["state"] == "done", f"/ui?model=packed_lstm: {shot['text']}\n{result['console']}"
+    assert shot["ui"]["comparison"]["maxDiff"] <= TOLERANCE, shot["ui"]["comparison"]
