@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from converters.keras_markers import (
 )
 from converters.parity import DEFAULT_ATOL
 from converters.prelu_rewrite import rewrite_prelu
+from converters.quiet import quiet_loggers
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 
@@ -178,20 +177,6 @@ def _to_tensor(flavour: str) -> Callable[[np.ndarray], Any]:
     return lambda array: array
 
 
-@contextmanager
-def _quiet_shapes() -> Iterator[None]:
-    """tf2onnx warns that it cannot infer shapes through the placeholders; the fused nodes replace them."""
-    loggers = [logging.getLogger(name) for name in ("tf2onnx.shape_inference", "tf2onnx.graph")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> tuple[onnx.ModelProto,
                                                                                       list[RecurrentSite]]:
     """The ONNX graph of ``model`` with one fused node per recurrent layer call (not yet annotated)."""
@@ -205,7 +190,9 @@ def export(model: Any, specs: list[InputSpec], *, flavour: str, opset: int) -> t
         outputs = model(call_arguments(model, list(tensors)), training=False)
         return list(tf.nest.flatten(outputs))
 
-    with placeholders(model, sites, to_tensor=_to_tensor(flavour), as_list=flavour == "tf-keras"), _quiet_shapes():
+    # tf2onnx warns that it cannot infer shapes through the placeholders; the fused nodes replace them.
+    with placeholders(model, sites, to_tensor=_to_tensor(flavour), as_list=flavour == "tf-keras"), \
+            quiet_loggers("tf2onnx.shape_inference", "tf2onnx.graph"):
         function = tf.function(run, input_signature=signature)
         try:
             # Traced once here (from_function reuses the trace): a GraphDef drops the placeholders' static

@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from converters.pytorch_layers import (
 )
 from converters.pytorch_packed import drop_zero_touch, packed_outputs_used, trim_to_longest
 from converters.pytorch_sources import check_inputs, default_specs, forward_arguments, load
+from converters.quiet import quiet_loggers
 from converters.result import ConversionResult
 from converters.specs import InputSpec
 
@@ -78,20 +78,6 @@ def _run_torch(model: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return _flatten(module(*[torch.from_numpy(np.array(value)) for value in feeds.values()]))
 
 
-@contextlib.contextmanager
-def _quiet_loggers() -> Iterator[None]:
-    """The exporter logs its progress and version-conversion notes; our own stages say enough."""
-    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def _export_dynamo(model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec], outputs: list[str], opset: int) -> onnx.ModelProto:
     kwargs: dict[str, Any] = {}
     if not isinstance(model, torch.export.ExportedProgram):
@@ -99,7 +85,7 @@ def _export_dynamo(model: Any, args: tuple[Any, ...], specs: Sequence[InputSpec]
             {axis: torch.export.Dim.AUTO for axis, dim in enumerate(spec.shape) if dim is None} for spec in specs
         )
         kwargs["input_names"] = [spec.name for spec in specs]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_loggers("torch", "onnxscript", "onnx_ir"):  # the exporter logs its own progress
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, args, dynamo=True, opset_version=opset, output_names=outputs,
                                     verbose=False, **kwargs)
