@@ -18,7 +18,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.browser_support import CHROMIUM, JS, TOLERANCE, VENDOR, compare, job_tensor, probe_model, run_browser
+from tests.e2e.browser_support import (
+    CHROMIUM,
+    JS,
+    TOLERANCE,
+    VENDOR,
+    compare,
+    job_tensor,
+    probe_model,
+    run_browser,
+)
 from tests.support import ServerProcess
 
 
