@@ -20,10 +20,12 @@ HEADER = "inference-header-content-length"
 def _parse_header_length(value: str | None, body_len: int) -> int | None:
     if value is None:
         return None
-    # isascii: str.isdigit() accepts '²' and other digits int() refuses; 19 digits: int() refuses 4300+
-    if not (value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19):
+    # Only HTTP's optional whitespace is trimmed: str.strip() also drops '\x1f' and the like, which int()
+    # then refuses. isascii: str.isdigit() accepts '²' and other digits int() refuses; 19 digits: no 4300+.
+    text = value.strip(" \t")
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
         raise InvalidArgument(f"Inference-Header-Content-Length must be a non-negative integer, got {value[:40]!r}")
-    n = int(value)
+    n = int(text)
     if n > body_len:
         raise InvalidArgument(f"Inference-Header-Content-Length {n} exceeds the body length {body_len}")
     return n

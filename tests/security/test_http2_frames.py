@@ -82,16 +82,19 @@ def exchange(addr: str, data: bytes) -> bytes:
 
 
 def statuses(data: bytes) -> list[str]:
-    """grpc-status of every HEADERS frame the server sent (it never indexes, so blocks decode alone)."""
+    """grpc-status of every HEADERS frame the server sent, decoded in order with one HPACK context (h2's
+    encoder indexes, and resizes its table up to whatever SETTINGS_HEADER_TABLE_SIZE the frames offered)."""
     found = []
     pos = 0
+    decoder = hpack.Decoder()
+    decoder.max_allowed_table_size = 1 << 32   # the fuzzed SETTINGS may have offered any size
     while pos + 9 <= len(data):
         length = int.from_bytes(data[pos:pos + 3], "big")
         kind = data[pos + 3]
         payload = data[pos + 9:pos + 9 + length]
         pos += 9 + length
         if kind == 1 and len(payload) == length:
-            found += [v for k, v in hpack.Decoder().decode(payload) if k == "grpc-status"]
+            found += [v for k, v in decoder.decode(payload) if k == "grpc-status"]
     return found
 
 

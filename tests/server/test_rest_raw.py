@@ -300,3 +300,14 @@ def test_asgi_infer_route_answers_like_the_http_server(http: httpx.Client) -> No
         via_port = http.post("/v2/models/add_sub/infer", content=content)
         assert via_asgi.status_code == via_port.status_code
         assert via_asgi.json() == via_port.json()
+
+
+def test_header_length_trims_only_http_whitespace() -> None:
+    """'0\\x1f' once passed the digit check (str.strip() dropped the \\x1f) and then broke int(): a ValueError,
+    not a 400 (found by make fuzz). Spaces and tabs around the number are HTTP's own and stay allowed."""
+    from server.core.errors import InvalidArgument
+    from server.rest import codec
+
+    with pytest.raises(InvalidArgument, match="non-negative integer"):
+        codec._parse_header_length("0\x1f", 0)
+    assert codec._parse_header_length(" 3\t", 5) == 3
