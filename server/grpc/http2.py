@@ -33,6 +33,7 @@ import hpack.exceptions
 from h2.connection import ConnectionInputs
 from h2.errors import ErrorCodes
 from h2.stream import H2Stream, StreamInputs
+from hpack.hpack import encode_integer
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 log = logging.getLogger("modelbridge.grpc")
@@ -872,17 +873,6 @@ def encode_literal(name: str, value: str | bytes) -> bytes:
     responses never touch the peer's dynamic table and can be precomputed."""
     n = name.encode()
     v = value.encode() if isinstance(value, str) else value
-    return b"\x00" + _hpack_int(len(n), 7) + n + _hpack_int(len(v), 7) + v
+    return b"\x00" + encode_integer(len(n), 7) + n + encode_integer(len(v), 7) + v
 
 
-def _hpack_int(value: int, prefix: int) -> bytes:
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes((value,))
-    out = bytearray((top,))
-    value -= top
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
